@@ -1,0 +1,218 @@
+"""The quikgen command line: a thin layer over copier's Python API."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import copier
+import typer
+import yaml
+from copier.errors import CopierError
+
+from . import __version__
+from .source import SourceError, bundled_template, publish, source_dir
+
+ANSWERS_FILE = ".copier-answers.yml"
+# Used for the first commit only when git has no identity configured at all.
+FALLBACK_IDENTITY = ["-c", "user.name=quikgen", "-c", "user.email=quikgen@localhost"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Generate a readable PyTorch training repository, and keep it current.",
+)
+
+
+class UserError(Exception):
+    """A mistake the user can fix; shown as one line, without a traceback."""
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def kinds() -> dict[str, str]:
+    """Project kinds and their descriptions, read from the template's questions."""
+    questions = yaml.safe_load((bundled_template() / "copier.yml").read_text())
+    return {value: label.split(": ", 1)[-1] for label, value in questions["kind"]["choices"].items()}
+
+
+def parse_data(pairs: list[str]) -> dict[str, str]:
+    data = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise UserError(f"--data {pair!r} is not KEY=VALUE; write it like --data use_mlflow=true")
+        data[key] = value
+    return data
+
+
+def package_slug(name: str) -> str:
+    """my-Recommender.v2 -> my_recommender_v2: the default package name."""
+    return re.sub(r"[^a-z0-9_]", "_", name.lower())
+
+
+def copier_message(error: Exception) -> str:
+    """copier's error, with the flag that fixes a rejected answer."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    match = re.match(r"Validation error for question '(\w+)': (.*)", text)
+    if match:
+        question, problem = match.groups()
+        flag = "--kind KIND" if question == "kind" else f"--data {question}=VALUE"
+        return f"{problem.strip()} (set it with {flag})"
+    return text
+
+
+def git_has_identity(repo: Path) -> bool:
+    def configured(key: str) -> bool:
+        result = subprocess.run(["git", "-C", str(repo), "config", key], capture_output=True)
+        return result.returncode == 0 and bool(result.stdout.strip())
+
+    return configured("user.name") and configured("user.email")
+
+
+def git_init_and_commit(project: Path, tag: str) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(project), *args], check=True, capture_output=True)
+
+    git("init", "--quiet", "--initial-branch=main")
+    git("add", "--all")
+    identity = [] if git_has_identity(project) else FALLBACK_IDENTITY
+    git(*identity, "commit", "--quiet", "--no-verify", "-m", f"Generate project with quikgen {tag}")
+
+
+def check_destination(dest: Path) -> None:
+    if dest.is_file() or (dest.exists() and not dest.is_dir()):
+        raise UserError(f"{dest} is a file; choose a new folder name for the project")
+    if dest.is_dir() and any(dest.iterdir()):
+        raise UserError(f"{dest} is not empty; choose a new folder (quikgen never overwrites files)")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"quikgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Show quikgen's version and exit.")] = False,
+) -> None:
+    """Generate a readable PyTorch training repository, and keep it current."""
+
+
+@app.command()
+def new(
+    dest: Annotated[Path, typer.Argument(help="Folder to create; its name is the project name.")],
+    kind: Annotated[str, typer.Option(help="Project kind; `quikgen kinds` lists them.")] = "recommender",
+    defaults: Annotated[bool, typer.Option(
+        "--defaults", help="Never ask: take every answer from --data or its default.")] = False,
+    data: Annotated[list[str], typer.Option(
+        "--data", "-d", help="Answer a question: KEY=VALUE (repeatable).")] = [],  # noqa: B006
+    no_git: Annotated[bool, typer.Option(
+        "--no-git", help="Skip `git init` and the first commit (copier update needs them).")] = False,
+    template: Annotated[str | None, typer.Option(
+        help="Render another template source (git URL or path) instead of quikgen's own.")] = None,
+    vcs_ref: Annotated[str | None, typer.Option(
+        help="Tag or commit of the template source to render.")] = None,
+) -> None:
+    """Create a new training project in DEST."""
+    try:
+        check_destination(dest)
+        answers = parse_data(data)
+        known = kinds()
+        if kind not in known:
+            raise UserError(f"unknown kind {kind!r}; choose one of: {', '.join(known)}")
+        answers.setdefault("kind", kind)
+        if not no_git and shutil.which("git") is None:
+            raise UserError("git is not installed; install git, or pass --no-git")
+        if template is None:
+            src, ref = publish()
+            ref = vcs_ref or ref
+        else:
+            src, ref = template, vcs_ref
+        worker = copier.run_copy(
+            str(src), dest, data=answers,
+            user_defaults={"project_name": dest.name, "package_name": package_slug(dest.name)},
+            vcs_ref=ref,
+            # copier asks on a terminal; with no terminal there is nobody to ask.
+            defaults=defaults or not sys.stdin.isatty(),
+            quiet=True,
+            unsafe=False,
+        )
+    except (UserError, SourceError) as error:
+        raise fail(str(error)) from None
+    except (CopierError, ValueError) as error:
+        raise fail(copier_message(error)) from None
+
+    rendered = worker.answers.combined
+    if not no_git:
+        git_init_and_commit(dest, str(ref or "HEAD"))
+    package = rendered["package_name"]
+    typer.echo(f"Created {dest} ({rendered['kind']} project) from quikgen template {ref}.")
+    typer.echo("Next:")
+    typer.echo(f"  cd {dest}")
+    typer.echo(f"  python -m {package}.data --synthetic")
+    typer.echo("  python main.py --epochs 3")
+    typer.echo("Later, to take template improvements: quikgen update  (or: copier update --defaults)")
+
+
+def dirty_files(project: Path) -> list[str]:
+    status = subprocess.run(["git", "-C", str(project), "status", "--porcelain"],
+                            capture_output=True, text=True, check=True).stdout
+    return [line[3:] for line in status.splitlines()]
+
+
+@app.command()
+def update(
+    dest: Annotated[Path, typer.Argument(help="The generated project to update.")] = Path("."),
+    data: Annotated[list[str], typer.Option(
+        "--data", "-d", help="Change an answer: KEY=VALUE (repeatable).")] = [],  # noqa: B006
+) -> None:
+    """Bring a generated project up to date with the newest template, keeping your edits."""
+    try:
+        answers_path = dest / ANSWERS_FILE
+        if not answers_path.is_file():
+            raise UserError(f"{dest} is not a quikgen project (no {ANSWERS_FILE}); "
+                            "run this inside a folder made by `quikgen new`")
+        answers = parse_data(data)
+        recorded = yaml.safe_load(answers_path.read_text()) or {}
+        if Path(str(recorded.get("_src_path", ""))).resolve() == source_dir():
+            publish()  # this quikgen's template becomes the newest tag, if it is newer
+        if not (dest / ".git").exists():
+            raise UserError(f"{dest} is not a git repository; `git init` and commit it first")
+        dirty = dirty_files(dest)
+        if dirty:
+            raise UserError(f"commit or stash your changes first; uncommitted: {', '.join(dirty)}")
+        copier.run_update(str(dest), data=answers, defaults=True, overwrite=True,
+                          conflict="inline", quiet=True, unsafe=False)
+    except (UserError, SourceError) as error:
+        raise fail(str(error)) from None
+    except (CopierError, ValueError) as error:
+        raise fail(copier_message(error)) from None
+
+    changed = dirty_files(dest)
+    conflicted = [path for path in changed if (dest / path).is_file()
+                  and "<<<<<<< " in (dest / path).read_text(errors="replace")]
+    typer.echo(f"{len(changed)} file(s) changed" + (f": {', '.join(changed)}" if changed else ""))
+    if conflicted:
+        typer.echo(f"conflicts to resolve in: {', '.join(conflicted)}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("kinds")
+def list_kinds() -> None:
+    """List the project kinds."""
+    for name, description in kinds().items():
+        typer.echo(f"{name:<12} {description}")
+
+
+def main() -> None:
+    app()
+

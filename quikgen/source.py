@@ -1,0 +1,145 @@
+"""The versioned template source that copier copies from and updates from.
+
+``copier update`` only works against a git repository with PEP 440 tags, and a
+template inside site-packages is neither. So each quikgen installation
+publishes the template it carries into one local git repository (the
+*source*), as a commit tagged ``v{quikgen version}``. Generated projects record
+that repository as ``_src_path``, so a plain ``copier update`` works offline,
+and upgrading quikgen adds a newer tag for it to find.
+
+A development checkout whose template differs from what its version already
+published gets ``v{version}.post{N}`` tags, so edits are never hidden behind an
+existing tag (tags are never moved).
+"""
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
+
+from . import __version__
+
+# Files that tools leave inside a checkout's templates/ and that are not part of it.
+NOT_TEMPLATE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ruff_cache", ".pytest_cache")
+
+# The source is written by quikgen alone, so its commits use a fixed identity
+# and ignore the user's git configuration (hooks, signing).
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "quikgen",
+    "GIT_AUTHOR_EMAIL": "quikgen@localhost",
+    "GIT_COMMITTER_NAME": "quikgen",
+    "GIT_COMMITTER_EMAIL": "quikgen@localhost",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+class SourceError(RuntimeError):
+    """The template source could not be prepared."""
+
+
+def bundled_template() -> Path:
+    """The copier template this quikgen carries: templates/ in a checkout,
+    quikgen/templates in a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "copier.yml").is_file():
+            return candidate
+    raise SourceError(f"quikgen's template is missing next to {here}; reinstall quikgen")
+
+
+def source_dir() -> Path:
+    """$QUIKGEN_HOME/template, else $XDG_DATA_HOME/quikgen/template (~/.local/share)."""
+    home = os.environ.get("QUIKGEN_HOME")
+    if not home:
+        data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        home = Path(data_home) / "quikgen"
+    return Path(home).expanduser().resolve() / "template"
+
+
+def _git(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        capture_output=True, text=True, env={**os.environ, **GIT_ENV},
+    )
+    if result.returncode != 0:
+        raise SourceError(f"git {' '.join(args)} failed in {repo}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+@contextmanager
+def _locked(path: Path):
+    """One quikgen at a time writes the source."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _tags_for(repo: Path, version: str) -> list[str]:
+    """v{version} and its .postN tags, oldest first."""
+    pattern = re.compile(rf"^v{re.escape(version)}(\.post\d+)?$")
+    tags = [tag for tag in _git(repo, "tag", "--list").splitlines() if pattern.match(tag)]
+    return sorted(tags, key=lambda tag: Version(tag))
+
+
+def publish(version: str = __version__, template: Path | None = None) -> tuple[Path, str]:
+    """Make sure the source holds ``template`` (default: the bundled one) under a
+    tag for ``version``; return the source's path and that tag."""
+    if shutil.which("git") is None:
+        raise SourceError("git is not installed; install git (copier needs it to version the template)")
+    try:
+        Version(version)
+    except InvalidVersion as error:
+        raise SourceError(f"quikgen version {version!r} is not a PEP 440 version") from error
+    template = template or bundled_template()
+    repo = source_dir()
+    with _locked(repo.parent / "template.lock"):
+        if not (repo / ".git").is_dir():
+            repo.mkdir(parents=True, exist_ok=True)
+            _git(repo, "init", "--quiet", "--initial-branch=main")
+        # Replace the work tree with the template, then ask git whether a tag
+        # of this version already holds exactly that tree.
+        for entry in repo.iterdir():
+            if entry.name != ".git":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        shutil.copytree(template, repo, ignore=NOT_TEMPLATE, dirs_exist_ok=True)
+        _git(repo, "add", "--all")
+        tree = _git(repo, "write-tree")
+        existing = _tags_for(repo, version)
+        for tag in reversed(existing):
+            if _git(repo, "rev-parse", f"{tag}^{{tree}}") == tree:
+                _git(repo, "reset", "--quiet", "--hard")
+                _git(repo, "clean", "-fdxq")
+                return repo, tag
+
+        has_commits = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", "HEAD"],
+            capture_output=True,
+        ).returncode == 0
+        if not has_commits or _git(repo, "rev-parse", "HEAD^{tree}") != tree:
+            _git(repo, "commit", "--quiet", "--no-verify", "-m", f"quikgen {version} template")
+        tag = f"v{version}" if not existing else f"v{version}.post{len(existing)}"
+        _git(repo, "tag", tag)
+        return repo, tag
+
+
+def latest_tag(repo: Path) -> str | None:
+    """The newest PEP 440 tag of a template source, as copier update would choose it."""
+    versions = []
+    for tag in _git(repo, "tag", "--list").splitlines():
+        try:
+            version = Version(tag)
+        except InvalidVersion:
+            continue
+        if not version.is_prerelease:
+            versions.append((version, tag))
+    return max(versions)[1] if versions else None
