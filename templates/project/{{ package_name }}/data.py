@@ -101,9 +101,9 @@ def read_ratings_csv(path: Path):
     user_codes, user_ids = pd.factorize(frame[user_col], sort=True)
     item_codes, item_ids = pd.factorize(frame[item_col], sort=True)
     tensors = {
-        "user": torch.as_tensor(user_codes, dtype=torch.int64),
-        "item": torch.as_tensor(item_codes, dtype=torch.int64),
-        "rating": torch.as_tensor(ratings, dtype=torch.float32),
+        "user": torch.tensor(user_codes, dtype=torch.int64),
+        "item": torch.tensor(item_codes, dtype=torch.int64),
+        "rating": torch.tensor(ratings, dtype=torch.float32),
     }
     id_maps = {"users": user_ids.tolist(), "items": item_ids.tolist()}
     return tensors, id_maps

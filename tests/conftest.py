@@ -1,0 +1,78 @@
+"""Shared fixtures: every test runs against a private template source and a git
+with no user configuration, like a fresh CI machine."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from quikgen.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "templates"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_environment(tmp_path_factory):
+    """A private QUIKGEN_HOME, and git without the developer's identity or hooks."""
+    home = tmp_path_factory.mktemp("home")
+    saved = dict(os.environ)
+    os.environ.update(
+        QUIKGEN_HOME=str(home / "quikgen"),
+        GIT_CONFIG_GLOBAL=str(home / "gitconfig"),
+        GIT_CONFIG_NOSYSTEM="1",
+    )
+    for name in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME",
+                 "GIT_COMMITTER_EMAIL", "EMAIL"):
+        os.environ.pop(name, None)
+    (home / "gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
+    yield home
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def quikgen(*args: str, cwd: Path | None = None):
+    """Run the quikgen CLI in-process; returns the click Result."""
+    runner = CliRunner()
+    if cwd is None:
+        return runner.invoke(app, list(args))
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(app, list(args))
+    finally:
+        os.chdir(old)
+
+
+def run(*command, cwd: Path, check=True, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """Run a command as a user would, capturing its output."""
+    result = subprocess.run(
+        [str(part) for part in command], cwd=cwd, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, command))} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def git(project: Path, *args: str) -> str:
+    return run("git", *args, cwd=project).stdout
+
+
+def python(project: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run(sys.executable, *args, cwd=project, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def recommender(tmp_path_factory) -> Path:
+    """A recommender project made by `quikgen new --defaults`; tests must not change it."""
+    dest = tmp_path_factory.mktemp("projects") / "my-recommender"
+    result = quikgen("new", str(dest), "--defaults")
+    assert result.exit_code == 0, result.output
+    return dest

@@ -1,0 +1,204 @@
+"""The quikgen command line, option by option."""
+
+import subprocess
+
+import pytest
+import yaml
+
+from quikgen import __version__
+from quikgen.source import source_dir
+
+from .conftest import TEMPLATE, git, quikgen
+
+
+def answers(project):
+    return yaml.safe_load((project / ".copier-answers.yml").read_text())
+
+
+def test_version_prints_the_package_version():
+    result = quikgen("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"quikgen {__version__}"
+
+
+def test_kinds_lists_every_kind_of_the_template():
+    result = quikgen("kinds")
+    assert result.exit_code == 0
+    assert [line.split()[0] for line in result.output.splitlines()] == ["recommender", "bert"]
+
+
+def test_new_renders_commits_and_prints_next_commands(recommender):
+    recorded = answers(recommender)
+    assert recorded["_src_path"] == str(source_dir())
+    assert recorded["_commit"] == f"v{__version__}"
+    assert recorded["package_name"] == "my_recommender"
+    assert recorded["kind"] == "recommender"
+    assert git(recommender, "status", "--porcelain") == ""
+    assert git(recommender, "log", "--format=%an <%ae>").strip() == "quikgen <quikgen@localhost>"
+    assert (recommender / "my_recommender" / "train.py").is_file()
+
+
+def test_new_prints_the_commands_to_run_next(tmp_path):
+    result = quikgen("new", str(tmp_path / "shop-ratings"), "--defaults")
+    assert result.exit_code == 0, result.output
+    assert "python -m shop_ratings.data --synthetic" in result.output
+    assert "python main.py" in result.output
+
+
+def test_first_commit_uses_the_configured_git_identity(tmp_path, monkeypatch):
+    config = tmp_path / "gitconfig"
+    config.write_text("[user]\n\tname = Ada Lovelace\n\temail = ada@example.org\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    result = quikgen("new", str(tmp_path / "proj"), "--defaults")
+    assert result.exit_code == 0, result.output
+    log = git(tmp_path / "proj", "log", "--format=%an <%ae>|%cn <%ce>").strip()
+    assert log == "Ada Lovelace <ada@example.org>|Ada Lovelace <ada@example.org>"
+
+
+def test_no_git_leaves_the_project_unversioned(tmp_path):
+    result = quikgen("new", str(tmp_path / "proj"), "--defaults", "--no-git")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "proj" / "main.py").is_file()
+    assert not (tmp_path / "proj" / ".git").exists()
+
+
+def test_data_answers_questions(tmp_path):
+    result = quikgen("new", str(tmp_path / "proj"), "--defaults",
+                     "--data", "package_name=ratings_lab", "-d", "author=Grace Hopper")
+    assert result.exit_code == 0, result.output
+    recorded = answers(tmp_path / "proj")
+    assert recorded["package_name"] == "ratings_lab" and recorded["author"] == "Grace Hopper"
+    assert (tmp_path / "proj" / "ratings_lab" / "train.py").is_file()
+    assert 'name = "Grace Hopper"' in (tmp_path / "proj" / "pyproject.toml").read_text()
+
+
+def test_kind_option_is_recorded(tmp_path):
+    result = quikgen("new", str(tmp_path / "proj"), "--kind", "recommender")
+    assert result.exit_code == 0, result.output
+    assert answers(tmp_path / "proj")["kind"] == "recommender"
+
+
+@pytest.fixture
+def template_repo(tmp_path):
+    """A git copy of the template with two tagged versions; v2 changes the README."""
+    repo = tmp_path / "template-src"
+    subprocess.run(["cp", "-r", str(TEMPLATE), str(repo)], check=True)
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, *identity, "commit", "-qm", "v1")
+    git(repo, "tag", "v1.0.0")
+    readme = repo / "project" / "README.md.jinja"
+    readme.write_text(readme.read_text() + "\nTemplate version two.\n")
+    git(repo, *identity, "commit", "-qam", "v2")
+    git(repo, "tag", "v2.0.0")
+    return repo
+
+
+def test_template_option_renders_another_source_at_its_newest_tag(tmp_path, template_repo):
+    result = quikgen("new", str(tmp_path / "proj"), "--defaults", "--template", str(template_repo))
+    assert result.exit_code == 0, result.output
+    assert answers(tmp_path / "proj")["_commit"] == "v2.0.0"
+    assert "Template version two." in (tmp_path / "proj" / "README.md").read_text()
+
+
+def test_vcs_ref_picks_a_tag_of_the_source(tmp_path, template_repo):
+    result = quikgen("new", str(tmp_path / "proj"), "--defaults",
+                     "--template", str(template_repo), "--vcs-ref", "v1.0.0")
+    assert result.exit_code == 0, result.output
+    assert answers(tmp_path / "proj")["_commit"] == "v1.0.0"
+    assert "Template version two." not in (tmp_path / "proj" / "README.md").read_text()
+
+
+def test_update_takes_a_newer_template_tag(tmp_path, template_repo):
+    project = tmp_path / "proj"
+    assert quikgen("new", str(project), "--defaults", "--template", str(template_repo),
+                   "--vcs-ref", "v1.0.0").exit_code == 0
+    result = quikgen("update", str(project))
+    assert result.exit_code == 0, result.output
+    assert "README.md" in result.output
+    assert answers(project)["_commit"] == "v2.0.0"
+    assert "Template version two." in (project / "README.md").read_text()
+
+
+def test_a_changed_template_gets_a_new_tag_and_an_unchanged_one_reuses_it(tmp_path, monkeypatch):
+    from quikgen.source import publish
+
+    monkeypatch.setenv("QUIKGEN_HOME", str(tmp_path / "home"))
+    template = tmp_path / "template"
+    subprocess.run(["cp", "-r", str(TEMPLATE), str(template)], check=True)
+    assert publish("1.2.0", template)[1] == "v1.2.0"
+    assert publish("1.2.0", template)[1] == "v1.2.0"
+    (template / "project" / "NOTES.md").write_text("edited in a checkout\n")
+    assert publish("1.2.0", template)[1] == "v1.2.0.post1"
+    assert publish("1.3.0", template)[1] == "v1.3.0"
+    assert git(tmp_path / "home" / "template", "status", "--porcelain") == ""
+
+
+# --- bad input: one line, non-zero exit, nothing written --------------------------------
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "package_name=class"], "package_name 'class' is a Python keyword"),
+        (["--data", "package_name=my-pkg!"], "package_name must be a lowercase Python identifier"),
+        (["--data", "package_name=torch"], "would shadow the module of that name"),
+        (["--data", "package_name"], "--data 'package_name' is not KEY=VALUE"),
+        (["--kind", "gan"], "unknown kind 'gan'; choose one of: recommender, bert"),
+        (["--kind", "bert"], "the bert kind is not available yet"),
+        (["--data", "use_mlflow=true"], "use_mlflow is not available yet"),
+        (["--data", "use_ray_tune=true"], "use_ray_tune is not available yet"),
+        (["--data", "use_serve=true"], "use_serve is not available yet"),
+    ],
+)
+def test_bad_answers_are_refused_and_write_nothing(tmp_path, args, message):
+    dest = tmp_path / "proj"
+    result = quikgen("new", str(dest), "--defaults", *args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert not dest.exists()
+
+
+def test_invalid_project_name_is_refused(tmp_path):
+    result = quikgen("new", str(tmp_path / "my-pkg!"), "--defaults")
+    assert result.exit_code == 1
+    assert "project_name must start with a letter" in result.output
+    assert not (tmp_path / "my-pkg!").exists()
+
+
+def test_non_empty_destination_is_refused_and_left_alone(tmp_path):
+    dest = tmp_path / "proj"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine")
+    result = quikgen("new", str(dest), "--defaults")
+    assert result.exit_code == 1
+    assert "is not empty" in result.output
+    assert [p.name for p in dest.iterdir()] == ["notes.txt"]
+    assert (dest / "notes.txt").read_text() == "mine"
+
+
+def test_destination_that_is_a_file_is_refused(tmp_path):
+    dest = tmp_path / "proj"
+    dest.write_text("mine")
+    result = quikgen("new", str(dest), "--defaults")
+    assert result.exit_code == 1
+    assert "is a file" in result.output
+    assert dest.read_text() == "mine"
+
+
+def test_update_outside_a_project_is_refused(tmp_path):
+    result = quikgen("update", str(tmp_path))
+    assert result.exit_code == 1
+    assert "is not a quikgen project" in result.output
+
+
+def test_update_refuses_a_dirty_tree_and_names_the_files(tmp_path):
+    project = tmp_path / "proj"
+    assert quikgen("new", str(project), "--defaults").exit_code == 0
+    (project / "main.py").write_text((project / "main.py").read_text() + "# my edit\n")
+    result = quikgen("update", str(project))
+    assert result.exit_code == 1
+    assert "uncommitted: main.py" in result.output
+    assert (project / "main.py").read_text().endswith("# my edit\n")

@@ -1,0 +1,68 @@
+"""Every valid combination of answers renders clean code; every invalid one is refused.
+
+The matrix grows as kinds and features land: add a row to VALID or INVALID.
+"""
+
+import compileall
+import re
+
+import copier
+import pytest
+
+from .conftest import TEMPLATE, python, run
+
+# Jinja syntax inside a free-text answer must come out verbatim, never evaluated.
+USER_JINJA = "{{ 7 * 7 }}{% raw %}"
+BASE = {"project_name": "demo-project", "package_name": "demo_project"}
+
+VALID = [
+    # (id, answers, run the project's own tests)
+    ("recommender", {"kind": "recommender"}, True),
+    ("recommender-free-text", {"kind": "recommender", "author": 'Ann "The Quoter" O\'Neil\\',
+                               "description": f"Ratings {USER_JINJA} & <stuff> '''"}, False),
+]
+
+INVALID = [
+    ({"kind": "bert"}, "not available yet"),
+    ({"use_mlflow": True}, "not available yet"),
+    ({"use_ray_tune": True}, "not available yet"),
+    ({"use_serve": True}, "not available yet"),
+    ({"package_name": "import"}, "is a Python keyword"),
+    ({"package_name": "Demo"}, "lowercase Python identifier"),
+    ({"package_name": "pandas"}, "would shadow"),
+    ({"project_name": "9lives"}, "must start with a letter"),
+]
+
+JINJA_LEFTOVER = re.compile(r"\{\{|\{%|\{#|%\}|#\}")
+
+
+def render(tmp_path, answers):
+    dest = tmp_path / "demo-project"
+    copier.run_copy(str(TEMPLATE), dest, data={**BASE, **answers}, defaults=True, quiet=True)
+    return dest
+
+
+@pytest.mark.parametrize(("answers", "runs_tests"), [row[1:] for row in VALID],
+                         ids=[row[0] for row in VALID])
+def test_valid_answers_render_lint_clean_compiling_code(tmp_path, answers, runs_tests):
+    project = render(tmp_path, answers)
+    files = [path for path in project.rglob("*") if path.is_file()]
+    for path in files:
+        assert not path.name.endswith(".jinja"), path
+        text = path.read_text()
+        leftover = JINJA_LEFTOVER.search(text.replace(USER_JINJA, ""))
+        assert leftover is None, f"{path}: leftover template syntax {leftover.group()!r}"
+    if "description" in answers:  # free text comes out verbatim, never evaluated
+        assert answers["description"] in (project / "README.md").read_text()
+    assert compileall.compile_dir(project, quiet=1)
+    run("ruff", "check", "--no-cache", ".", cwd=project)
+    python(project, "main.py", "--help")
+    if runs_tests:
+        python(project, "-m", "pytest", "-q", "-p", "no:cacheprovider")
+
+
+@pytest.mark.parametrize(("answers", "message"), INVALID, ids=[str(row[0]) for row in INVALID])
+def test_invalid_answers_are_refused(tmp_path, answers, message):
+    with pytest.raises(ValueError, match=message):
+        render(tmp_path, answers)
+    assert not (tmp_path / "demo-project").exists()
