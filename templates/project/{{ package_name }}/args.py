@@ -18,7 +18,8 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 class UsageError(Exception):
-    """A mistake in how the project was run; the message says how to fix it."""
+    """A problem the user fixes by running differently (bad flags, missing files, a
+    diverging loss); shown as one line, without a traceback."""
 
 
 def positive_int(text: str) -> int:
@@ -84,9 +85,10 @@ def add_ddp_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
     """Where and how many processes train: GPUs, CPU processes, nodes."""
     group = parser.add_argument_group("distributed")
     group.add_argument(
-        "-g", "--gpus", type=non_negative_int, default=0,
-        help="GPUs per node; N > 1 starts one process per GPU with NCCL. "
-        "Falls back to the CPU with a warning when no GPU is visible (default: %(default)s)",
+        "-g", "--gpus", type=non_negative_int, default=None,
+        help="GPUs per node; N > 1 starts one process per GPU with NCCL, 0 trains on the CPU. "
+        "Falls back to the CPU with a warning when no GPU is visible "
+        "(default: one GPU if one is visible, else the CPU)",
     )
     group.add_argument(
         "--procs", type=positive_int, default=1,
@@ -112,11 +114,8 @@ def add_ddp_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
     )
     group.add_argument(
         "--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
-        help=argparse.SUPPRESS,  # passed by older launchers; the rank is read from the environment
-    )
-    group.add_argument(
-        "-nw", "--num_workers", type=non_negative_int, default=0,
-        help="DataLoader worker processes, where a DataLoader is used (default: %(default)s)",
+        help="accepted for launchers that pass it (torch.distributed.launch); the ranks are "
+        "read from the environment that torchrun sets",
     )
     return _apply_defaults(parser, defaults)
 
@@ -148,6 +147,27 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
     group.add_argument(
         "-eps", "--eps", type=positive_float, default=1e-8,
         help="Adam epsilon, added to the denominator for stability (default: %(default)s)",
+    )
+    group.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+        help="fp32, or mixed precision: bf16 (autocast), fp16 (autocast and a gradient "
+        "scaler) (default: %(default)s)",
+    )
+    group.add_argument(
+        "-amp", "--mixed_precision", dest="precision", action="store_const", const="amp",
+        help="mixed precision: bf16 where the device supports it, else fp16",
+    )
+    group.add_argument(
+        "--clip_grad", type=positive_float, default=None,
+        help="clip the gradient norm to this value before each step (default: no clipping)",
+    )
+    group.add_argument(
+        "--accumulate", type=positive_int, default=1,
+        help="micro-batches whose gradients add up to one optimizer step (default: %(default)s)",
+    )
+    group.add_argument(
+        "--resume", action="store_true",
+        help="continue from data/checkpoint_{date}.pt, written after every epoch",
     )
     group.add_argument(
         "--seed", type=int, default=42,

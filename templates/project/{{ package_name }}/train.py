@@ -1,22 +1,43 @@
 """train(args, gpu): the whole training loop, top to bottom.
 
-world -> data -> model -> optimizer and schedule -> (DDP wrap) -> epochs of
-(train, validate, record, save) -> test -> clean up.
+world -> data -> model -> optimizer and schedule -> resume -> DDP wrap ->
+epochs of (train, validate, record, save) -> test -> clean up.
 """
 
 import inspect
 import math
+from contextlib import nullcontext
+from functools import partial
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .batching import batches, num_rows, shard
-from .checkpoints import save_state_dict, unwrap
+from .args import UsageError
+from .batching import batches, groups_of, num_rows, shard
+from .checkpoints import (
+    checkpoint_path,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    save_state_dict,
+    unwrap,
+)
 from .data import load_id_maps, load_split
 from .files import data_file
 from .metrics import EpochTimer, SmoothedLoss, save_metrics_table
 from .model import build_model, compute_loss
 from .world import average_across_ranks, cleanup_world, setup_world
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype autocast runs in, or None for plain fp32."""
+    if precision == "amp":  # --mixed_precision: bf16 where the device has it, else fp16
+        bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16_ok else torch.float16
+    return PRECISIONS[precision]
 
 
 def build_optimizer(optimizer_class, params, args, **extra_kwargs):
@@ -29,7 +50,7 @@ def build_optimizer(optimizer_class, params, args, **extra_kwargs):
 
 
 @torch.no_grad()
-def evaluate(model, tensors, batch_size, world) -> float:
+def evaluate(model, tensors, batch_size, world, autocast) -> float:
     """Mean loss over every row of ``tensors``; each rank scores its own shard."""
     # The bare model: DDP's forward may sync buffers, which would wait on ranks
     # whose shard is one batch shorter.
@@ -39,7 +60,8 @@ def evaluate(model, tensors, batch_size, world) -> float:
     rows = torch.zeros((), device=world.device)
     order = torch.arange(num_rows(tensors))
     for batch in batches(tensors, shard(order, world, pad=False), batch_size):
-        total += compute_loss(model, batch, reduction="sum").float()
+        with autocast():
+            total += compute_loss(model, batch, reduction="sum").float()
         rows += num_rows(batch)
     return average_across_ranks(total, rows, world)
 
@@ -55,59 +77,102 @@ def train(args, gpu=None):
     id_maps = load_id_maps(args.data_dir, args.data_date)
 
     model = build_model(args, train_set, id_maps).to(world.device)
-    if world.is_logger:
-        save_state_dict(model, args.data_dir, "orig", args.data_date)
 
     rows_per_rank = math.ceil(num_rows(train_set) / world.world_size)
-    steps_per_epoch = math.ceil(rows_per_rank / args.bs)
+    steps_per_epoch = math.ceil(math.ceil(rows_per_rank / args.bs) / args.accumulate)
     # Fused AdamW runs one kernel for all parameters instead of several per tensor.
     optimizer = build_optimizer(torch.optim.AdamW, model.parameters(), args,
                                 fused=world.device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
 
-    if world.is_logger:
-        print(f"{world.world_size} process(es) x {args.bs} = {world.world_size * args.bs} "
-              f"ratings per step, {steps_per_epoch} steps per epoch, on {world.device}")
+    # Mixed precision: autocast picks the dtype per op. Only fp16 needs the scaler,
+    # which keeps small gradients from flushing to zero; disabled, it is a no-op.
+    dtype = autocast_dtype(args.precision, world.device)
+    autocast = partial(torch.autocast, world.device.type, dtype=dtype, enabled=dtype is not None)
+    scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
 
-    metrics = []
-    for epoch in range(args.epochs):
+    checkpoint_file = checkpoint_path(args.data_dir, args.data_date)
+    metrics, first_epoch = [], 0
+    if args.resume:
+        checkpoint = load_checkpoint(checkpoint_file, world.device, args.epochs)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng(checkpoint["rng"])
+        metrics, first_epoch = checkpoint["metrics"], checkpoint["epoch"] + 1
+    elif world.is_logger:
+        save_state_dict(model, args.data_dir, "orig", args.data_date)
+
+    if world.is_ddp:
+        model = DistributedDataParallel(
+            model, device_ids=[world.device] if world.device.type == "cuda" else None,
+            find_unused_parameters=args.find_unused_parameters)
+
+    if world.is_logger:
+        per_step = world.world_size * args.bs * args.accumulate
+        print(f"{world.world_size} process(es) x batch {args.bs} x {args.accumulate} "
+              f"accumulated = {per_step} ratings per step, {steps_per_epoch} steps per epoch, "
+              f"on {world.device}, {dtype or torch.float32}")
+        if first_epoch:
+            print(f"resuming after epoch {first_epoch - 1} from {checkpoint_file}")
+
+    for epoch in range(first_epoch, args.epochs):
         timer = EpochTimer()
         model.train()
         # A new order every epoch, the same on every rank; each rank takes its shard.
         order = torch.randperm(num_rows(train_set),
                                generator=torch.Generator().manual_seed(args.seed + epoch))
+        micro_batches = batches(train_set, shard(order, world, pad=True), args.bs)
         smoothed = SmoothedLoss()
         loss_sum = torch.zeros((), device=world.device)
         rows_seen = torch.zeros((), device=world.device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch: {epoch + 1}/{args.epochs}",
                    disable=not world.is_logger)
-        for step, batch in enumerate(batches(train_set, shard(order, world, pad=True), args.bs)):
-            loss = compute_loss(model, batch)
-            loss.backward()
-            optimizer.step()
+        for step, group in enumerate(groups_of(micro_batches, args.accumulate)):
+            step_loss = torch.zeros((), device=world.device)
+            for i, batch in enumerate(group):
+                # DDP all-reduces gradients in backward; with accumulation only the
+                # last micro-batch of the step needs that, so skip it on the others.
+                is_last = i == len(group) - 1
+                with nullcontext() if is_last or not world.is_ddp else model.no_sync():
+                    with autocast():
+                        loss = compute_loss(model, batch)
+                    scaler.scale(loss / len(group)).backward()
+                step_loss += loss.detach() / len(group)
+                loss_sum += loss.detach() * num_rows(batch)
+                rows_seen += num_rows(batch)
+
+            loss_value = step_loss.item()
+            if not math.isfinite(loss_value):
+                raise UsageError(
+                    f"loss is {loss_value} at epoch {epoch + 1}, step {step + 1}; try a lower "
+                    "--lr, --clip_grad, or --precision fp32")
+            if args.clip_grad:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"loss is {loss_value} at epoch {epoch + 1}, step {step + 1}; "
-                    "try a lower --lr")
-            loss_sum += loss.detach() * num_rows(batch)
-            rows_seen += num_rows(batch)
             bar.set_postfix(loss=f"{smoothed.update(loss_value):.4f}", refresh=False)
             bar.update()
         bar.close()
 
+        # The all-reduces here are also the barrier: every rank has finished the
+        # epoch before rank 0 writes its files.
         train_loss = average_across_ranks(loss_sum, rows_seen, world)
-        valid_loss = evaluate(model, valid_set, args.bs, world)
+        valid_loss = evaluate(model, valid_set, args.bs, world, autocast)
         metrics.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
                         "time": timer.elapsed()})
         if world.is_logger:
             save_state_dict(model, args.data_dir, epoch, args.data_date)
+            save_checkpoint(checkpoint_file, model=model, optimizer=optimizer,
+                            scheduler=scheduler, scaler=scaler, epoch=epoch,
+                            epochs=args.epochs, metrics=metrics)
 
-    test_mse = evaluate(model, test_set, args.bs, world)
+    test_mse = evaluate(model, test_set, args.bs, world, autocast)
     if world.is_logger:
         save_metrics_table(metrics, data_file(args.data_dir, "metrics", args.data_date, ".csv"))
         print(f"test RMSE: {math.sqrt(test_mse):.4f}")

@@ -99,8 +99,13 @@ def launch(train_fn, args) -> None:
     # One rendezvous for the whole job, chosen here, before any rank starts.
     os.environ["MASTER_ADDR"] = args.master_addr
     os.environ["MASTER_PORT"] = str(args.master_port or free_port())
-    mp.spawn(_spawned_process, args=(train_fn, args, procs_per_node, gpus > 0),
-             nprocs=procs_per_node)
+    try:
+        mp.spawn(_spawned_process, args=(train_fn, args, procs_per_node, gpus > 0),
+                 nprocs=procs_per_node)
+    except mp.ProcessExitedException as error:
+        # spawn stops the other processes as soon as one fails; this one said why.
+        raise LaunchError(f"training process {error.error_index} exited with code "
+                          f"{error.exit_code}; the others were stopped") from None
 
 
 def _spawned_process(local_rank: int, train_fn, args, procs_per_node: int, use_gpus: bool) -> None:
@@ -111,7 +116,10 @@ def _spawned_process(local_rank: int, train_fn, args, procs_per_node: int, use_g
         WORLD_SIZE=str(procs_per_node * args.nodes),
         LOCAL_WORLD_SIZE=str(procs_per_node),
     )
-    train_fn(args, local_rank if use_gpus else None)
+    try:
+        train_fn(args, local_rank if use_gpus else None)
+    except UsageError as error:
+        sys.exit(f"error: {error}")
 
 
 def setup_world(gpu: int | None) -> World:

@@ -1,0 +1,207 @@
+"""The generated loop under every launcher, in mixed precision, and resumed.
+
+Real processes with gloo on the CPU; CUDA paths skip where no GPU is visible.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from .conftest import python, quikgen
+
+pytestmark = pytest.mark.slow
+
+DATE = "20240131"
+# 12,800 rows split 80/10/10: 10,240 training rows divide evenly by 2 x 64 and 128.
+ROWS = "12800"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("ddp") / "ddp-demo"
+    assert quikgen("new", str(dest), "--defaults").exit_code == 0
+    python(dest, "-m", "ddp_demo.data", "--synthetic", "--rows", ROWS, "--users", "200",
+           "--items", "100", "--data_date", DATE)
+    return dest
+
+
+@pytest.fixture
+def data_dir(project, tmp_path):
+    """A private copy of the prepared data: every run writes its own state dicts."""
+    target = tmp_path / "data"
+    target.mkdir()
+    for path in (project / "data").glob(f"*_{DATE}.*"):
+        if path.name.split("_")[0] in ("train", "valid", "test", "id"):
+            shutil.copy(path, target)
+    return target
+
+
+def train(project, data_dir, *args, launcher=(), **kwargs):
+    command = [*launcher, "main.py", "--data_dir", str(data_dir), "--gpus", "0", *args]
+    if launcher:
+        return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=300,
+                              **kwargs)
+    return python(project, *command, **kwargs)
+
+
+def weights(data_dir, epoch):
+    return torch.load(data_dir / f"state_dict_e{epoch}_{DATE}.pt", weights_only=True)
+
+
+def metrics(data_dir):
+    lines = (data_dir / f"metrics_{DATE}.csv").read_text().splitlines()[1:]
+    return [(int(line.split(",")[0]), float(line.split(",")[2])) for line in lines]
+
+
+def assert_same_weights(a, b, atol=1e-5):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+
+
+def test_two_procs_and_torchrun_match_one_proc_with_double_batch(project, tmp_path):
+    runs = {}
+    for name, args, launcher in [
+        ("single", ["--bs", "128"], ()),
+        ("procs", ["--bs", "64", "--procs", "2"], ()),
+        ("torchrun", ["--bs", "64"],
+         (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")),
+    ]:
+        data_dir = tmp_path / name
+        shutil.copytree(project / "data", data_dir)
+        result = train(project, data_dir, "--epochs", "2", *args, launcher=launcher)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = weights(data_dir, 1)
+        assert "module." not in "".join(runs[name])
+    assert_same_weights(runs["procs"], runs["single"])
+    assert_same_weights(runs["torchrun"], runs["single"])
+
+
+def test_accumulation_matches_a_batch_as_large(project, tmp_path):
+    runs = {}
+    for name, args in [("large", ["--bs", "128"]), ("accumulated", ["--bs", "64", "--accumulate", "2"])]:
+        data_dir = tmp_path / name
+        shutil.copytree(project / "data", data_dir)
+        train(project, data_dir, "--epochs", "1", *args)
+        runs[name] = weights(data_dir, 0)
+    assert_same_weights(runs["accumulated"], runs["large"])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_the_cpu_learns(project, data_dir, precision):
+    result = train(project, data_dir, "--epochs", "2", "--precision", precision, "--clip_grad", "1")
+    assert f"torch.{'bfloat16' if precision == 'bf16' else 'float16'}" in result.stdout
+    valid = [loss for _, loss in metrics(data_dir)]
+    assert valid[1] < valid[0]
+
+
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(project, data_dir, tmp_path):
+    args = ["--epochs", "4", "--bs", "16"]
+    uninterrupted = tmp_path / "uninterrupted"
+    shutil.copytree(data_dir, uninterrupted)
+    train(project, uninterrupted, *args)
+
+    command = [sys.executable, "main.py", "--data_dir", str(data_dir), "--gpus", "0", *args]
+    process = subprocess.Popen(command, cwd=project, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checkpoint = data_dir / f"checkpoint_{DATE}.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)  # during epoch 2: epoch 1's checkpoint just landed
+    process.wait()
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 0
+    assert not (data_dir / f"metrics_{DATE}.csv").exists()
+
+    result = train(project, data_dir, *args, "--resume")
+    assert "resuming after epoch 0" in result.stdout
+    assert [epoch for epoch, _ in metrics(data_dir)] == [0, 1, 2, 3]
+    assert_same_weights(weights(data_dir, 3), weights(uninterrupted, 3), atol=0)
+
+
+def test_resume_with_a_corrupt_checkpoint_is_a_one_line_error(project, data_dir):
+    (data_dir / f"checkpoint_{DATE}.pt").write_bytes(b"PK\x03\x04 truncated")
+    result = train(project, data_dir, "--epochs", "2", "--resume", check=False)
+    assert result.returncode == 1
+    assert "is not a readable checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def failing_project(tmp_path):
+    """A project whose model raises on rank 1 after a few steps, like a user's bug."""
+    dest = tmp_path / "failing"
+    assert quikgen("new", str(dest), "--defaults").exit_code == 0
+    model = dest / "failing" / "model.py"
+    model.write_text(model.read_text().replace(
+        '    predicted = model(batch["user"], batch["item"])',
+        '    if os.environ.get("RANK") == "1" and model.training:\n'
+        '        raise RuntimeError("rank 1 fails")\n'
+        '    predicted = model(batch["user"], batch["item"])',
+    ).replace("import argparse\n", "import argparse\nimport os\n"))
+    python(dest, "-m", "failing.data", "--synthetic", "--rows", "4000")
+    return dest
+
+
+@pytest.mark.parametrize("launcher", ["procs", "torchrun"])
+def test_a_rank_that_raises_ends_the_job_quickly(failing_project, launcher):
+    if launcher == "procs":
+        command = [sys.executable, "main.py", "--gpus", "0", "--procs", "2"]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc-per-node", "2", "main.py", "--gpus", "0"]
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=failing_project, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    assert "rank 1 fails" in result.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_a_diverging_loss_names_the_epoch_and_step(project, data_dir):
+    result = train(project, data_dir, "--epochs", "1", "--lr", "1e30", check=False)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: loss is ") and "at epoch 1, step " in last_line
+
+
+def test_gpus_beyond_the_visible_ones_is_a_clear_error(project, data_dir):
+    visible = torch.cuda.device_count()
+    result = python(project, "main.py", "--data_dir", str(data_dir), "--gpus", str(visible + 1),
+                    check=False)
+    if visible == 0:  # no GPU: the promised fallback to the CPU, with a warning
+        assert result.returncode == 0
+        assert "no GPU is visible; training on the CPU" in result.stderr
+    else:
+        assert result.returncode == 1
+        assert f"only {visible} GPU(s) are visible" in result.stderr
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_one_gpu_trains_in_each_precision(project, data_dir, precision):
+    result = python(project, "main.py", "--data_dir", str(data_dir), "--gpus", "1",
+                    "--epochs", "2", "--precision", precision)
+    assert "on cuda:0" in result.stdout
+    valid = [loss for _, loss in metrics(data_dir)]
+    assert valid[1] < valid[0]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_gpus_with_nccl_match_one_gpu_with_double_batch(project, tmp_path):
+    runs = {}
+    for name, args in [("one", ["--gpus", "1", "--bs", "128"]), ("two", ["--gpus", "2", "--bs", "64"])]:
+        data_dir = tmp_path / name
+        shutil.copytree(project / "data", data_dir)
+        python(project, "main.py", "--data_dir", str(data_dir), "--epochs", "2", *args)
+        runs[name] = weights(data_dir, 1)
+    assert_same_weights(runs["two"], runs["one"], atol=1e-4)
