@@ -11,6 +11,7 @@ import copier
 import typer
 import yaml
 from copier.errors import CopierError
+from packaging.version import InvalidVersion, Version
 
 from . import __version__
 from .source import SourceError, bundled_template, publish, source_dir
@@ -136,7 +137,9 @@ def new(
             src, ref = publish()
             ref = vcs_ref or ref
         else:
-            src, ref = template, vcs_ref
+            # copier records a local path as given; an absolute one still works from the project.
+            src = str(Path(template).resolve()) if Path(template).exists() else template
+            ref = vcs_ref
         worker = copier.run_copy(
             str(src), dest, data=answers,
             user_defaults={"project_name": dest.name, "package_name": package_slug(dest.name)},
@@ -163,47 +166,98 @@ def new(
     typer.echo("Later, to take template improvements: quikgen update  (or: copier update --defaults)")
 
 
+def git_lines(project: Path, *args: str) -> list[str]:
+    result = subprocess.run(["git", "-C", str(project), *args], capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
 def dirty_files(project: Path) -> list[str]:
-    status = subprocess.run(["git", "-C", str(project), "status", "--porcelain"],
-                            capture_output=True, text=True, check=True).stdout
-    return [line[3:] for line in status.splitlines()]
+    return [line[3:] for line in git_lines(project, "status", "--porcelain")]
+
+
+def conflicted_files(project: Path) -> list[str]:
+    """Files copier left with conflict markers (it marks them unmerged in git)."""
+    return git_lines(project, "diff", "--name-only", "--diff-filter=U")
+
+
+def newest_tag(src: str) -> str | None:
+    """The newest stable PEP 440 tag of a template source (a git URL or path)."""
+    result = subprocess.run(["git", "ls-remote", "--tags", "--refs", src], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UserError(f"cannot read the template source {src}: {result.stderr.strip()}")
+    versions = []
+    for line in result.stdout.splitlines():
+        tag = line.rsplit("refs/tags/", 1)[-1]
+        try:
+            version = Version(tag)
+        except InvalidVersion:
+            continue
+        if not version.is_prerelease:
+            versions.append((version, tag))
+    return max(versions)[1] if versions else None
+
+
+def read_answers(project: Path) -> dict:
+    answers_path = project / ANSWERS_FILE
+    if not answers_path.is_file():
+        raise UserError(f"{project} is not a quikgen project (no {ANSWERS_FILE}); "
+                        "run this inside a folder made by `quikgen new`")
+    recorded = yaml.safe_load(answers_path.read_text()) or {}
+    if not recorded.get("_src_path") or not recorded.get("_commit"):
+        raise UserError(f"{answers_path} records no template source and version; "
+                        "it was not made from a versioned template, so it cannot be updated")
+    return recorded
 
 
 @app.command()
 def update(
     dest: Annotated[Path, typer.Argument(help="The generated project to update.")] = Path("."),
     data: Annotated[list[str], typer.Option(
-        "--data", "-d", help="Change an answer: KEY=VALUE (repeatable).")] = [],  # noqa: B006
+        "--data", "-d", help="Change an answer: KEY=VALUE (repeatable), e.g. use_mlflow=true.")] = [],  # noqa: B006
+    check: Annotated[bool, typer.Option(
+        "--check", help="Only say whether a newer template exists: exit 2 if so, 0 if not.")] = False,
 ) -> None:
     """Bring a generated project up to date with the newest template, keeping your edits."""
     try:
-        answers_path = dest / ANSWERS_FILE
-        if not answers_path.is_file():
-            raise UserError(f"{dest} is not a quikgen project (no {ANSWERS_FILE}); "
-                            "run this inside a folder made by `quikgen new`")
-        answers = parse_data(data)
-        recorded = yaml.safe_load(answers_path.read_text()) or {}
-        if Path(str(recorded.get("_src_path", ""))).resolve() == source_dir():
-            publish()  # this quikgen's template becomes the newest tag, if it is newer
+        recorded = read_answers(dest)
+        src, current = str(recorded["_src_path"]), str(recorded["_commit"])
+        # Projects made by quikgen update to this quikgen's own template version;
+        # projects from another source update to that source's newest tag.
+        target = publish()[1] if Path(src).expanduser().resolve() == source_dir() else newest_tag(src)
+        if check:
+            if target and Version(target) > Version(current):
+                typer.echo(f"{dest}: template {target} is available (the project is at {current}); "
+                           "run `quikgen update`")
+                raise typer.Exit(2)
+            typer.echo(f"{dest}: up to date with template {current}")
+            return
+        if target and Version(target) < Version(current):
+            raise UserError(
+                f"{dest} uses template {current}, newer than this quikgen's {target}; "
+                "upgrade quikgen (pip install -U quikgen) to update it"
+            )
         if not (dest / ".git").exists():
             raise UserError(f"{dest} is not a git repository; `git init` and commit it first")
         dirty = dirty_files(dest)
         if dirty:
             raise UserError(f"commit or stash your changes first; uncommitted: {', '.join(dirty)}")
-        copier.run_update(str(dest), data=answers, defaults=True, overwrite=True,
-                          conflict="inline", quiet=True, unsafe=False)
+        copier.run_update(str(dest), data=parse_data(data), vcs_ref=target, defaults=True,
+                          overwrite=True, conflict="inline", quiet=True, unsafe=False)
     except (UserError, SourceError) as error:
         raise fail(str(error)) from None
     except (CopierError, ValueError) as error:
         raise fail(copier_message(error)) from None
 
-    changed = dirty_files(dest)
-    conflicted = [path for path in changed if (dest / path).is_file()
-                  and "<<<<<<< " in (dest / path).read_text(errors="replace")]
-    typer.echo(f"{len(changed)} file(s) changed" + (f": {', '.join(changed)}" if changed else ""))
-    if conflicted:
-        typer.echo(f"conflicts to resolve in: {', '.join(conflicted)}", err=True)
+    changed, conflicts = dirty_files(dest), conflicted_files(dest)
+    now = (yaml.safe_load((dest / ANSWERS_FILE).read_text()) or {}).get("_commit")
+    typer.echo(f"Updated {dest} from template {current} to {now}: {len(changed)} file(s) changed.")
+    for path in changed:
+        typer.echo(f"  {'conflict' if path in conflicts else 'changed '}  {path}")
+    if conflicts:
+        typer.echo(f"error: {len(conflicts)} file(s) have conflicts: {', '.join(conflicts)}; "
+                   "resolve the <<<<<<< markers, then commit", err=True)
         raise typer.Exit(1)
+    typer.echo("Review with `git diff`, run the tests, then commit.")
 
 
 @app.command("kinds")

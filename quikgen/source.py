@@ -121,13 +121,10 @@ def publish(version: str = __version__, template: Path | None = None) -> tuple[P
                 _git(repo, "clean", "-fdxq")
                 return repo, tag
 
-        has_commits = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", "HEAD"],
-            capture_output=True,
-        ).returncode == 0
-        if not has_commits or _git(repo, "rev-parse", "HEAD^{tree}") != tree:
-            _git(repo, "commit", "--quiet", "--no-verify", "-m", f"quikgen {version} template")
         tag = f"v{version}" if not existing else f"v{version}.post{len(existing)}"
+        # One commit per tag, even when the template did not change: copier names
+        # a project's version after the commit it rendered (`git describe`).
+        _git(repo, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", f"quikgen {tag} template")
         _git(repo, "tag", tag)
         return repo, tag
 
