@@ -18,13 +18,13 @@ BASE = {"project_name": "demo-project", "package_name": "demo_project"}
 VALID = [
     # (id, answers, run the project's own tests)
     ("recommender", {"kind": "recommender"}, True),
+    ("recommender-mlflow", {"kind": "recommender", "use_mlflow": True}, True),
     ("recommender-free-text", {"kind": "recommender", "author": 'Ann "The Quoter" O\'Neil\\',
                                "description": f"Ratings {USER_JINJA} & <stuff> '''"}, False),
 ]
 
 INVALID = [
     ({"kind": "bert"}, "not available yet"),
-    ({"use_mlflow": True}, "not available yet"),
     ({"use_ray_tune": True}, "not available yet"),
     ({"use_serve": True}, "not available yet"),
     ({"package_name": "import"}, "is a Python keyword"),
@@ -32,6 +32,9 @@ INVALID = [
     ({"package_name": "pandas"}, "would shadow"),
     ({"project_name": "9lives"}, "must start with a letter"),
 ]
+
+# What each feature leaves in a project; a feature that is off must leave none of it.
+FEATURE_TRACES = {"use_mlflow": re.compile(r"mlflow", re.IGNORECASE)}
 
 JINJA_LEFTOVER = re.compile(r"\{\{|\{%|\{#|%\}|#\}")
 
@@ -52,6 +55,12 @@ def test_valid_answers_render_lint_clean_compiling_code(tmp_path, answers, runs_
         text = path.read_text()
         leftover = JINJA_LEFTOVER.search(text.replace(USER_JINJA, ""))
         assert leftover is None, f"{path}: leftover template syntax {leftover.group()!r}"
+    for feature, trace in FEATURE_TRACES.items():
+        if not answers.get(feature):
+            # Code and configuration only: the README may say how to turn the feature on.
+            for path in files:
+                if path.suffix in (".py", ".toml", ".yaml", ".cfg") or path.name == ".gitignore":
+                    assert not trace.search(path.read_text()), f"{feature} is off but {path} mentions it"
     if "description" in answers:  # free text comes out verbatim, never evaluated
         assert answers["description"] in (project / "README.md").read_text()
     assert compileall.compile_dir(project, quiet=1)

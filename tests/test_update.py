@@ -15,7 +15,7 @@ from quikgen.source import publish
 from .conftest import TEMPLATE, git, python, quikgen, run
 
 IDENTITY = ["-c", "user.name=Template Dev", "-c", "user.email=dev@example.org"]
-TRAIN = "project/{{ package_name }}/train.py"
+TRAIN = "project/{{ package_name }}/train.py.jinja"
 V2_LINE = "    # v2: a template improvement to the loop\n"
 
 
@@ -158,3 +158,32 @@ def test_downgrade_is_refused(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "uses template v99.0.0, newer than this quikgen's" in result.output
     assert template_version(project) == "v99.0.0"
+
+
+def test_a_feature_toggles_on_and_off_in_an_edited_project(tmp_path):
+    project = tmp_path / "toggle"
+    assert quikgen("new", str(project), "--defaults").exit_code == 0
+    edit(project / "main.py", '{"epochs": 5,', '{"epochs": 7,')
+    edit(project / "toggle" / "train.py", "    model = build_model(args, train_set, id_maps)",
+         "    model = build_model(args, train_set, id_maps)  # my model wiring")
+    commit_all(project)
+
+    result = quikgen("update", str(project), "--data", "use_mlflow=true")
+    assert result.exit_code == 0, result.output
+    assert (project / "toggle" / "tracking.py").is_file()
+    main = (project / "main.py").read_text()
+    assert "add_mlflow_args(parser)" in main and '{"epochs": 7,' in main
+    train = (project / "toggle" / "train.py").read_text()
+    assert "RunLogger" in train and "# my model wiring" in train
+    run("ruff", "check", "--no-cache", ".", cwd=project)
+    python(project, "main.py", "--help")
+    commit_all(project, "turn MLflow on")
+
+    result = quikgen("update", str(project), "--data", "use_mlflow=false")
+    assert result.exit_code == 0, result.output
+    assert not (project / "toggle" / "tracking.py").exists()
+    main = (project / "main.py").read_text()
+    assert "mlflow" not in main.lower() and '{"epochs": 7,' in main
+    train = (project / "toggle" / "train.py").read_text()
+    assert "RunLogger" not in train and "# my model wiring" in train
+    run("ruff", "check", "--no-cache", ".", cwd=project)

@@ -1,0 +1,167 @@
+"""MLflow tracking in generated projects, against a real store and a real server."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from .conftest import python, quikgen
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning"),
+]
+
+DATE = "20240131"
+ROWS = "4000"  # 3,200 training rows: 4 steps per epoch at --bs 1024
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("mlflow") / "tracked"
+    result = quikgen("new", str(dest), "--defaults", "--data", "use_mlflow=true")
+    assert result.exit_code == 0, result.output
+    python(dest, "-m", "tracked.data", "--synthetic", "--rows", ROWS, "--users", "50",
+           "--items", "40", "--data_date", DATE)
+    return dest
+
+
+def runs_of(uri, experiment="tracked"):
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client, (client.search_runs([found.experiment_id]) if found else [])
+
+
+def assert_complete_run(client, run, steps_per_epoch=4, epochs=2, bs="1024"):
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == str(epochs) and run.data.params["bs"] == bs
+    assert run.data.tags["mlflow.user"] == "tester"
+    assert run.data.tags["kind"] == "recommender"
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+    train_loss = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(point.step for point in train_loss) == list(range(1, epochs * steps_per_epoch + 1))
+    valid_loss = client.get_metric_history(run.info.run_id, "valid_loss")
+    assert sorted(point.step for point in valid_loss) == [steps_per_epoch * (e + 1) for e in range(epochs)]
+    artifacts = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    assert {f"state_dict_e{e}_{DATE}.pt" for e in range(epochs)} <= artifacts
+
+
+def test_embedded_store_records_one_complete_run(project):
+    python(project, "main.py", "--gpus", "0", "--epochs", "2", "--use_mlflow", "--user", "tester")
+    client, runs = runs_of(f"sqlite:///{project / 'mlflow.db'}")
+    assert len(runs) == 1
+    assert_complete_run(client, runs[0])
+    assert (project / "mlruns").is_dir()
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True,
+                          text=True).stdout == ""
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            assert server.poll() is None, "mlflow server exited"
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_a_real_server_gets_the_same_run(project, mlflow_server):
+    python(project, "main.py", "--gpus", "0", "--epochs", "2", "--use_mlflow", "--user", "tester",
+           "--tracking_uri", mlflow_server)
+    client, runs = runs_of(mlflow_server)
+    assert len(runs) == 1
+    assert_complete_run(client, runs[0])
+
+
+def test_two_processes_make_exactly_one_run(project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'two.db'}"
+    python(project, "main.py", "--gpus", "0", "--procs", "2", "--epochs", "2", "--use_mlflow",
+           "--user", "tester", "--tracking_uri", uri, "--bs", "512")
+    client, runs = runs_of(uri)
+    assert len(runs) == 1
+    assert_complete_run(client, runs[0], bs="512")
+    assert runs[0].data.params["procs"] == "2"
+
+
+def test_a_run_that_raises_ends_failed_and_the_error_reaches_the_user(project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'failed.db'}"
+    result = python(project, "main.py", "--gpus", "0", "--epochs", "2", "--use_mlflow",
+                    "--tracking_uri", uri, "--lr", "1e30", check=False)
+    assert result.returncode == 1
+    assert "error: loss is " in result.stderr
+    _, runs = runs_of(uri)
+    assert [run.info.status for run in runs] == ["FAILED"]
+
+
+def test_get_state_dict_restores_the_trained_tensors(project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'restore.db'}"
+    python(project, "main.py", "--gpus", "0", "--epochs", "2", "--use_mlflow",
+           "--tracking_uri", uri, "--run_name", "to-serve")
+    fetched = python(project, "-c", (
+        "import main, sys; from tracked.tracking import get_state_dict; "
+        f"args = main.parse_args(['--tracking_uri', '{uri}']); "
+        f"print(get_state_dict(args, 1, \"attributes.run_name = 'to-serve'\", dst='{tmp_path / 'served'}'))"
+    )).stdout.strip().splitlines()[-1]
+    restored = torch.load(fetched, weights_only=True)
+    trained = torch.load(project / "data" / f"state_dict_e1_{DATE}.pt", weights_only=True)
+    assert restored.keys() == trained.keys()
+    for key in trained:
+        assert torch.equal(restored[key], trained[key]), key
+
+
+def test_get_state_dict_without_a_match_is_a_clear_error(project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    result = python(project, "-c", (
+        "import main; from tracked.tracking import get_state_dict; "
+        f"args = main.parse_args(['--tracking_uri', '{uri}']); "
+        "get_state_dict(args, 0, \"attributes.run_name = 'nope'\")"
+    ), check=False)
+    assert "UsageError: no run matches" in result.stderr
+
+
+def test_an_unreachable_server_fails_fast(project):
+    started = time.monotonic()
+    result = python(project, "main.py", "--gpus", "0", "--epochs", "1", "--use_mlflow",
+                    "--tracking_uri", f"http://127.0.0.1:{free_port()}", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot reach the MLflow")
+    assert time.monotonic() - started < 60
+
+
+def test_without_mlflow_installed_the_error_names_the_extra(project, tmp_path):
+    blocker = tmp_path / "no_mlflow"
+    blocker.mkdir()
+    (blocker / "mlflow.py").write_text("raise ImportError('mlflow is not installed here')\n")
+    result = python(project, "main.py", "--gpus", "0", "--use_mlflow", check=False,
+                    env={"PYTHONPATH": str(blocker)})
+    assert result.returncode == 1
+    assert "pip install 'mlflow>=3'" in result.stderr
+    assert "Traceback" not in result.stderr
