@@ -19,12 +19,13 @@ VALID = [
     # (id, answers, run the project's own tests)
     ("recommender", {"kind": "recommender"}, True),
     ("recommender-mlflow", {"kind": "recommender", "use_mlflow": True}, True),
+    ("bert", {"kind": "bert"}, True),
+    ("bert-mlflow", {"kind": "bert", "use_mlflow": True}, False),
     ("recommender-free-text", {"kind": "recommender", "author": 'Ann "The Quoter" O\'Neil\\',
                                "description": f"Ratings {USER_JINJA} & <stuff> '''"}, False),
 ]
 
 INVALID = [
-    ({"kind": "bert"}, "not available yet"),
     ({"use_ray_tune": True}, "not available yet"),
     ({"use_serve": True}, "not available yet"),
     ({"package_name": "import"}, "is a Python keyword"),
@@ -67,7 +68,7 @@ def test_valid_answers_render_lint_clean_compiling_code(tmp_path, answers, runs_
     run("ruff", "check", "--no-cache", ".", cwd=project)
     python(project, "main.py", "--help")
     if runs_tests:
-        python(project, "-m", "pytest", "-q", "-p", "no:cacheprovider")
+        python(project, "-m", "pytest", "-q", "-p", "no:cacheprovider", env={"HF_HUB_OFFLINE": "1"})
 
 
 @pytest.mark.parametrize(("answers", "message"), INVALID, ids=[str(row[0]) for row in INVALID])

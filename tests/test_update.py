@@ -38,7 +38,7 @@ def template_repo(tmp_path):
     edit(repo / "project" / "README.md.jinja", "## Quick start", "## Quick start (v2)")
     edit(repo / "project" / "{{ package_name }}" / "args.py", '"""Command-line argument groups.',
          '"""Command-line argument groups (v2).')
-    model = repo / "project" / "{{ package_name }}" / "model.py"
+    model = repo / "project" / "{{ package_name }}" / "{% if kind == 'recommender' %}model.py{% endif %}"
     model.write_text(model.read_text() + "\n# v2 rewrote the model\n")
     git(repo, *IDENTITY, "commit", "-qam", "v2")
     git(repo, "tag", "v2.0.0")

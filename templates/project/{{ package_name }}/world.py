@@ -16,6 +16,7 @@ The same ``train`` runs under every launcher:
 import os
 import socket
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -154,6 +155,17 @@ def setup_world(gpu: int | None) -> World:
 def cleanup_world(world: World) -> None:
     if world.owns_process_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def logger_first(world: World):
+    """Run the block on the logger rank first, then on the others: one process
+    fills a cache (tokenized data, downloads) that the others then read."""
+    if world.is_ddp and not world.is_logger:
+        dist.barrier()
+    yield
+    if world.is_ddp and world.is_logger:
+        dist.barrier()
 
 
 def average_across_ranks(total: torch.Tensor, count: torch.Tensor, world: World) -> float:

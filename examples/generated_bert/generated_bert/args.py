@@ -1,0 +1,188 @@
+"""Command-line argument groups.
+
+Each ``add_*_args(parser, defaults=None)`` adds one group of flags to ``parser``
+and returns it. ``defaults`` overrides the default of any flag by its ``dest``
+name, so a script can change defaults without touching this file:
+
+    parser = add_learn_args(argparse.ArgumentParser(), {"epochs": 10, "lr": 3e-4})
+
+Arguments can then come from four places, later ones winning: these defaults,
+the ``defaults`` dict, the command line, and edits to the parsed Namespace.
+"""
+
+import argparse
+from datetime import datetime
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class UsageError(Exception):
+    """A problem the user fixes by running differently (bad flags, missing files, a
+    diverging loss); shown as one line, without a traceback."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def betas_type(text: str) -> tuple[float, float]:
+    """'0.9, 0.999' -> (0.9, 0.999), each in [0, 1)."""
+    problem = f"must be two numbers in [0, 1) such as 0.9,0.999, got {text}"
+    try:
+        betas = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(problem) from None
+    if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
+        raise argparse.ArgumentTypeError(problem)
+    return betas
+
+
+def date_type(text: str) -> str:
+    try:
+        datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a date as YYYYMMDD, got {text}") from None
+    return text
+
+
+def _apply_defaults(parser: argparse.ArgumentParser, defaults: dict | None):
+    if not defaults:
+        return parser
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(defaults) - known)
+    if unknown:
+        raise ValueError(f"unknown argument default(s): {', '.join(unknown)}")
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def add_ddp_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
+    """Where and how many processes train: GPUs, CPU processes, nodes."""
+    group = parser.add_argument_group("distributed")
+    group.add_argument(
+        "-g", "--gpus", type=non_negative_int, default=None,
+        help="GPUs per node; N > 1 starts one process per GPU with NCCL, 0 trains on the CPU. "
+        "Falls back to the CPU with a warning when no GPU is visible "
+        "(default: one GPU if one is visible, else the CPU)",
+    )
+    group.add_argument(
+        "--procs", type=positive_int, default=1,
+        help="CPU processes per node when no GPU is used; N > 1 runs DDP with gloo "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "-n", "--nodes", type=positive_int, default=1,
+        help="number of machines taking part in the job (default: %(default)s)",
+    )
+    group.add_argument(
+        "-nr", "--nr", type=non_negative_int, default=0,
+        help="rank of this machine among --nodes, 0 is the master (default: %(default)s)",
+    )
+    group.add_argument(
+        "--master_addr", default="127.0.0.1",
+        help="address of node 0, reachable from every node (default: %(default)s)",
+    )
+    group.add_argument(
+        "--master_port", type=positive_int, default=None,
+        help="port on node 0 for the rendezvous; required with --nodes > 1, "
+        "a free port is picked for single-node jobs",
+    )
+    group.add_argument(
+        "--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
+        help="accepted for launchers that pass it (torch.distributed.launch); the ranks are "
+        "read from the environment that torchrun sets",
+    )
+    return _apply_defaults(parser, defaults)
+
+
+def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
+    """What and how to train: epochs, batch size, optimizer, precision, files."""
+    group = parser.add_argument_group("learning")
+    group.add_argument(
+        "-e", "--epochs", type=positive_int, default=5,
+        help="passes over the training data (default: %(default)s)",
+    )
+    group.add_argument(
+        "-bs", "--bs", type=positive_int, default=1024,
+        help="batch size per process; the global batch is bs x processes x accumulate "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "-lr", "--learning_rate", "--lr", dest="lr", type=positive_float, default=1e-3,
+        help="peak learning rate (default: %(default)s)",
+    )
+    group.add_argument(
+        "-wd", "--weight_decay", type=non_negative_float, default=0.0,
+        help="decoupled weight decay of AdamW (default: %(default)s)",
+    )
+    group.add_argument(
+        "--betas", type=betas_type, default=(0.9, 0.999),
+        help="Adam betas as two comma-separated numbers (default: 0.9,0.999)",
+    )
+    group.add_argument(
+        "-eps", "--eps", type=positive_float, default=1e-8,
+        help="Adam epsilon, added to the denominator for stability (default: %(default)s)",
+    )
+    group.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+        help="fp32, or mixed precision: bf16 (autocast), fp16 (autocast and a gradient "
+        "scaler) (default: %(default)s)",
+    )
+    group.add_argument(
+        "-amp", "--mixed_precision", dest="precision", action="store_const", const="amp",
+        help="mixed precision: bf16 where the device supports it, else fp16",
+    )
+    group.add_argument(
+        "--clip_grad", type=positive_float, default=None,
+        help="clip the gradient norm to this value before each step (default: no clipping)",
+    )
+    group.add_argument(
+        "--accumulate", type=positive_int, default=1,
+        help="micro-batches whose gradients add up to one optimizer step (default: %(default)s)",
+    )
+    group.add_argument(
+        "--resume", action="store_true",
+        help="continue from data/checkpoint_{date}.pt, written after every epoch",
+    )
+    group.add_argument(
+        "--seed", type=int, default=42,
+        help="seed for weight initialisation and the per-epoch shuffles (default: %(default)s)",
+    )
+    group.add_argument(
+        "--data_dir", type=Path, default=PROJECT_DIR / "data",
+        help="folder of the data tensors, state dicts and metrics (default: the project's data/)",
+    )
+    group.add_argument(
+        "--data_date", type=date_type, default=None,
+        help="YYYYMMDD date of the data set to train on (default: the newest in --data_dir)",
+    )
+    group.add_argument(
+        "--find_unused_parameters", action="store_true",
+        help="let DDP tolerate parameters that get no gradient in a step",
+    )
+    return _apply_defaults(parser, defaults)

@@ -1,0 +1,84 @@
+"""State dicts per epoch, and the resumable checkpoint.
+
+    data/state_dict_eorig_{date}.pt    weights before training
+    data/state_dict_e{epoch}_{date}.pt weights after each epoch (0-based)
+    data/checkpoint_{date}.pt          everything needed to resume after the last epoch
+
+State dicts hold the bare model's weights: no ``module.`` (DDP) or ``_orig_mod.``
+(torch.compile) prefixes, so they load into a freshly built model.
+"""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .args import UsageError
+from .files import data_file, load_torch, save_torch
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP and torch.compile wrappers."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def state_dict_path(data_dir: Path, epoch: int | str, data_date: str) -> Path:
+    return data_file(data_dir, f"state_dict_e{epoch}", data_date)
+
+
+def save_state_dict(model: nn.Module, data_dir: Path, epoch: int | str, data_date: str) -> Path:
+    return save_torch(unwrap(model).state_dict(), state_dict_path(data_dir, epoch, data_date))
+
+
+def load_state_dict(data_dir: Path, epoch: int | str, data_date: str, device="cpu") -> dict:
+    return load_torch(state_dict_path(data_dir, epoch, data_date), device)
+
+
+def checkpoint_path(data_dir: Path, data_date: str) -> Path:
+    return data_file(data_dir, "checkpoint", data_date)
+
+
+def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: int,
+                    epochs: int, metrics: list[dict]) -> Path:
+    """Everything that decides what happens after ``epoch``. The data order needs
+    no state: each epoch's shuffle is seeded by --seed and the epoch number."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return save_torch({
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "epochs": epochs,
+        "metrics": metrics,
+        "rng": rng,
+    }, path)
+
+
+def load_checkpoint(path: Path, device: torch.device | str, epochs: int) -> dict:
+    """The checkpoint at ``path``, checked to belong to an ``epochs``-epoch run."""
+    if not path.is_file():
+        raise UsageError(f"--resume: no checkpoint at {path}; train without --resume first")
+    try:
+        checkpoint = load_torch(path, device)
+    except Exception as error:  # a truncated or foreign file: torch raises many kinds
+        raise UsageError(
+            f"--resume: {path} is not a readable checkpoint ({type(error).__name__}); "
+            "delete it and train without --resume"
+        ) from None
+    if checkpoint.get("epochs") != epochs:
+        raise UsageError(
+            f"--resume: {path} is from a {checkpoint.get('epochs')}-epoch run; "
+            f"pass --epochs {checkpoint.get('epochs')} to finish that run"
+        )
+    return checkpoint
+
+
+def restore_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"].cpu())
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])

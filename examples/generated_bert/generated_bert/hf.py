@@ -1,0 +1,225 @@
+"""Hugging Face helpers: tokenizer, model, encodings and saved models, offline-ready.
+
+    python -m generated_bert.hf --tiny-model models/tiny-bert   # a small random BERT and a
+                                                     # tokenizer trained on data/
+    python main.py --bert_type models/tiny-bert      # train it, no network needed
+
+``--bert_type`` is a hub name (``bert-base-uncased``, ``roberta-base``, ...) or a
+local folder. A hub name already in the local cache loads without touching the
+network; with no network and no cache, the error says how to use a local folder.
+"""
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+
+from .args import PROJECT_DIR, UsageError, date_type, positive_int
+from .files import load_torch, save_torch
+
+DEFAULT_MODEL = "bert-base-uncased"
+
+
+def add_hf_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
+    group = parser.add_argument_group("hugging face")
+    group.add_argument(
+        "-bt", "--bert_type", default=DEFAULT_MODEL,
+        help="hub name or local folder of a BERT-family model to fine-tune; without network, "
+        "a folder such as one made by `python -m generated_bert.hf --tiny-model DIR` "
+        "(default: %(default)s)",
+    )
+    group.add_argument("--max_length", type=positive_int, default=128,
+                       help="longest text in tokens, longer ones are cut (default: %(default)s)")
+    if defaults:
+        parser.set_defaults(**defaults)
+    return parser
+
+
+def _transformers():
+    import transformers
+
+    # Load reports and progress bars are noise on every start; errors still show.
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
+
+
+def _load(loader, bert_type: str, what: str, **kwargs):
+    """loader.from_pretrained(bert_type), trying the local cache before the network."""
+    local = Path(bert_type).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise UsageError(f"--bert_type {bert_type} is a file; pass a folder or a hub name")
+        return loader.from_pretrained(str(local), **kwargs)
+    if bert_type.startswith(("/", "./", "../", "~")):  # a path, not a hub name
+        raise UsageError(f"--bert_type {bert_type}: no such model folder; make one with "
+                         f"`python -m {__package__}.hf --tiny-model {bert_type}` or fix the path")
+    try:
+        return loader.from_pretrained(bert_type, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass  # not cached: try the hub
+    try:
+        return loader.from_pretrained(bert_type, **kwargs)
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"cannot load the {what} {bert_type!r}: it is not in the local cache and the hub "
+            f"is out of reach ({str(error).splitlines()[0][:120]}); point --bert_type at a local "
+            f"folder, e.g. one made by `python -m {__package__}.hf --tiny-model models/tiny-bert`"
+        ) from None
+
+
+def get_tokenizer(bert_type: str):
+    return _load(_transformers().AutoTokenizer, bert_type, "tokenizer")
+
+
+def get_pretrained_model(bert_type: str, label_names: list[str]):
+    """A sequence classifier with one output per label, its head sized to the labels."""
+    return _load(
+        _transformers().AutoModelForSequenceClassification, bert_type, "model",
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        # A checkpoint fine-tuned on other labels gets a fresh head instead of an error.
+        ignore_mismatched_sizes=True,
+    )
+
+
+def get_bert_info(bert_type: str, label_names: list[str], max_length: int) -> dict:
+    """The setup_config.json that TorchServe's transformer handlers read."""
+    return {
+        "model_name": bert_type,
+        "mode": "sequence_classification",
+        "do_lower_case": True,
+        "num_labels": str(len(label_names)),
+        "save_mode": "pretrained",
+        "max_length": str(max_length),
+        "captum_explanation": False,
+        "embedding_name": "bert",
+    }
+
+
+def get_encodings(texts: list[str], tokenizer, max_length: int) -> dict[str, torch.Tensor]:
+    """Token ids of every text, truncated to max_length and stored end to end:
+    text i is input_ids[offsets[i]:offsets[i + 1]]. No padding: batches pad
+    themselves to their own longest text."""
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    lengths = torch.tensor([len(row) for row in ids])
+    offsets = torch.zeros(len(ids) + 1, dtype=torch.int64)
+    offsets[1:] = lengths.cumsum(0)
+    flat = torch.tensor([token for row in ids for token in row], dtype=torch.int64)
+    return {"input_ids": flat, "offsets": offsets}
+
+
+def encoded_split_path(args, tokenizer, name: str) -> Path:
+    """data/tokenized/<tokenizer>/{name}_tensor_{date}.pt: one cache per tokenizer."""
+    source = str(Path(args.bert_type).expanduser().resolve()) if Path(args.bert_type).exists() \
+        else args.bert_type
+    key = hashlib.sha256(f"{source}|{len(tokenizer)}|{args.max_length}".encode()).hexdigest()[:10]
+    folder = f"{Path(args.bert_type).name}-{args.max_length}-{key}"
+    return Path(args.data_dir) / "tokenized" / folder / f"{name}_tensor_{args.data_date}.pt"
+
+
+def load_encoded_split(args, tokenizer, name: str, device="cpu") -> dict[str, torch.Tensor]:
+    """The split tokenized for this tokenizer: from the cache, else made and cached.
+    Holds input_ids and offsets (see get_encodings), labels and the pad token id."""
+    from .data import load_texts
+
+    path = encoded_split_path(args, tokenizer, name)
+    if not path.is_file():
+        texts, labels = load_texts(args.data_dir, name, args.data_date)
+        save_torch({**get_encodings(texts, tokenizer, args.max_length),
+                    "labels": torch.tensor(labels, dtype=torch.int64),
+                    "pad_id": torch.tensor(tokenizer.pad_token_id)}, path)
+    return load_torch(path, device)
+
+
+def save_bert_model(args, epoch: int | str, out_dir: Path, label_names: list[str]) -> Path:
+    """Epoch ``epoch``'s state dict as a save_pretrained folder (config + safetensors),
+    loadable with AutoModelForSequenceClassification.from_pretrained(out_dir)."""
+    from .checkpoints import load_state_dict
+
+    transformers = _transformers()
+    config = _load(transformers.AutoConfig, args.bert_type, "model config",
+                   num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                   label2id={name: i for i, name in enumerate(label_names)})
+    model = transformers.AutoModelForSequenceClassification.from_config(config)
+    model.load_state_dict(load_state_dict(args.data_dir, epoch, args.data_date))
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def save_tokenizer(tokenizer, out_dir: Path) -> list[Path]:
+    """The tokenizer's files, which AutoTokenizer.from_pretrained(out_dir) loads."""
+    return [Path(path) for path in tokenizer.save_pretrained(out_dir)]
+
+
+def build_tiny_model(texts: list[str], label_names: list[str], out_dir: Path,
+                     vocab_size: int = 2000, max_length: int = 128) -> Path:
+    """A small randomly initialised BERT and a WordPiece tokenizer trained on
+    ``texts``: for offline runs, tests and demos, not for accuracy on real text."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import WordPieceTrainer
+
+    transformers = _transformers()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.train_from_iterator(texts, WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False))
+    cls_id, sep_id = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    wordpiece.decoder = decoders.WordPiece(prefix="##")
+    # The generic fast tokenizer saves tokenizer.json exactly as trained.
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
+
+    config = transformers.BertConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, max_position_embeddings=max(128, max_length),
+        pad_token_id=tokenizer.pad_token_id, num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)})
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def main(argv=None):
+    from .data import load_label_names, load_texts
+    from .files import find_data_date
+
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.hf",
+                                     description="Hugging Face helpers for this project.")
+    parser.add_argument("--tiny-model", "--tiny_model", dest="tiny_model", type=Path,
+                        metavar="DIR", required=True,
+                        help="write a small random BERT and a tokenizer trained on the "
+                        "training texts to DIR, for --bert_type DIR")
+    parser.add_argument("--vocab_size", type=positive_int, default=2000,
+                        help="word pieces in the tokenizer (default: %(default)s)")
+    parser.add_argument("--max_length", type=positive_int, default=128,
+                        help="longest text in tokens the model accepts (default: %(default)s)")
+    parser.add_argument("--data_dir", type=Path, default=PROJECT_DIR / "data",
+                        help="folder of the prepared texts (default: the project's data/)")
+    parser.add_argument("--data_date", type=date_type, default=None,
+                        help="YYYYMMDD of the texts to train the tokenizer on (default: newest)")
+    args = parser.parse_args(argv)
+    try:
+        data_date = find_data_date(args.data_dir, args.data_date,
+                                   f"python -m {__package__}.data --synthetic")
+    except UsageError as error:
+        sys.exit(f"error: {error}")
+    texts, _ = load_texts(args.data_dir, "train", data_date)
+    out = build_tiny_model(texts, load_label_names(args.data_dir, data_date), args.tiny_model,
+                           args.vocab_size, args.max_length)
+    print(f"wrote a tiny BERT and its tokenizer to {out}; train it with --bert_type {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""How well the classifier does on the test set: report and confusion matrix.
+
+    data/classification_report_{date}.txt   sklearn's classification report
+    data/confusion_{date}.png               the confusion matrix, counts in the cells
+"""
+
+import re
+from pathlib import Path
+
+import torch
+
+from .batching import batches
+from .files import data_file, write_atomically
+
+
+@torch.no_grad()
+def predict(model, encoded, batch_size, autocast) -> torch.Tensor:
+    """The predicted class of every text, in the order of ``encoded``."""
+    from .model import compute_logits
+
+    model.eval()
+    rows = torch.arange(len(encoded["labels"]))
+    predictions = torch.empty(len(rows), dtype=torch.int64)
+    # Batches come sorted by length, so write each prediction back to its row.
+    lengths = (encoded["offsets"][1:] - encoded["offsets"][:-1]).cpu()
+    order = rows[torch.argsort(lengths, descending=True, stable=True)]
+    for start, batch in zip(range(0, len(rows), batch_size),
+                            batches(encoded, rows, batch_size), strict=True):
+        with autocast():
+            logits = compute_logits(model, batch)
+        predictions[order[start:start + batch_size]] = logits.argmax(dim=-1).cpu()
+    return predictions
+
+
+def save_confusion_matrix(confusion, label_names: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    size = max(4, len(label_names) + 1)
+    figure, axes = plt.subplots(figsize=(size, size))
+    # gist_heat without its white and black ends, so white counts stay readable.
+    colours = matplotlib.colors.LinearSegmentedColormap.from_list(
+        "heat", plt.get_cmap("gist_heat")(torch.linspace(0.01, 0.9, 100).numpy()))
+    axes.imshow(confusion, cmap=colours)
+    ticks = range(len(label_names))
+    axes.set_xticks(ticks, label_names)
+    axes.set_yticks(ticks, label_names, rotation=90, va="center")
+    for actual in ticks:
+        for predicted in ticks:
+            axes.text(predicted, actual, int(confusion[actual, predicted]),
+                      ha="center", va="center", color="white")
+    axes.set_xlabel("Predicted")
+    axes.set_ylabel("Actual")
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", bbox_inches="tight",
+                                                      dpi=150))
+    plt.close(figure)
+    return path
+
+
+def classification_summary(predictions, labels, label_names, data_dir, data_date):
+    """Print and save the report and the confusion matrix; return the report as
+    flat metrics (accuracy, per-class F1, weighted averages) and the files."""
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    classes = list(range(len(label_names)))
+    kwargs = {"labels": classes, "target_names": label_names, "zero_division": 0}
+    text = classification_report(labels, predictions, digits=4, **kwargs)
+    print(text)
+    report_file = data_file(data_dir, "classification_report", data_date, ".txt")
+    write_atomically(report_file, lambda tmp: Path(tmp).write_text(text))
+    confusion_file = save_confusion_matrix(
+        confusion_matrix(labels, predictions, labels=classes), label_names,
+        data_file(data_dir, "confusion", data_date, ".png"))
+
+    report = classification_report(labels, predictions, output_dict=True, **kwargs)
+    metrics = {"test_accuracy": float((predictions == labels).double().mean())}
+    for name in label_names:
+        metrics[f"f1_{re.sub(r'[^0-9A-Za-z_.-]', '_', name)}"] = report[name]["f1-score"]
+    for key in ("precision", "recall", "f1-score"):
+        metrics[f"weighted_avg_{key}"] = report["weighted avg"][key]
+    return metrics, [report_file, confusion_file]

@@ -1,0 +1,218 @@
+"""MLflow tracking: one run per training job, logged by rank 0.
+
+    python main.py --use_mlflow                       # the embedded store: mlflow.db, mlruns/
+    python main.py --use_mlflow --tracking_uri http://127.0.0.1:5000
+    mlflow ui --backend-store-uri sqlite:///mlflow.db # look at the runs
+
+The launching process creates the run and ends it FINISHED, or FAILED if
+training raised; rank 0 logs into it: the parameters in one batch, ``train_loss``
+per optimizer step and ``valid_loss`` per epoch on the same step axis, and each
+epoch's state dict as an artifact. MLflow is imported only when a run is asked
+for, so training without ``--use_mlflow`` does not pay for it.
+"""
+
+import argparse
+import getpass
+import os
+import re
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .args import PROJECT_DIR, UsageError
+
+PROJECT_KIND = "bert"
+DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
+MLFLOW_DEFAULTS = {
+    # A tracking server that does not answer fails the job in seconds, not after
+    # MLflow's default of four minutes of retries.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # No "View run at ..." lines and download bars in the training output.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def add_mlflow_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
+    """Where and under which names runs are tracked."""
+    group = parser.add_argument_group("mlflow")
+    group.add_argument("--use_mlflow", action="store_true",
+                       help="track this training job as an MLflow run")
+    group.add_argument("-exp", "--experiment", default="generated-bert",
+                       help="experiment to log into, created if missing (default: %(default)s)")
+    group.add_argument("-u", "--user", default=getpass.getuser(),
+                       help="user recorded on the run (default: the login name)")
+    group.add_argument("--run_name", default=None,
+                       help="name of the run (default: MLflow picks one)")
+    group.add_argument("--tracking_uri", default=DEFAULT_TRACKING_URI,
+                       help="tracking store or server, e.g. http://127.0.0.1:5000 "
+                       "(default: the project's mlflow.db)")
+    group.add_argument("--endpoint_url", default=None,
+                       help="S3 endpoint for artifacts, for MinIO and other S3-compatible stores")
+    if defaults:
+        parser.set_defaults(**defaults)
+    return parser
+
+
+def import_mlflow():
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise UsageError("--use_mlflow needs MLflow: pip install 'mlflow>=3' "
+                         "(or pip install -e '.[mlflow]')") from None
+    for name, value in MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    from mlflow import MlflowClient
+
+    return MlflowClient
+
+
+@contextmanager
+def s3_endpoint(endpoint_url: str | None):
+    """MLflow reads the S3 endpoint from the environment; set it only while we
+    talk to the artifact store, and put back what was there."""
+    if endpoint_url is None:
+        yield
+        return
+    saved = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    os.environ["MLFLOW_S3_ENDPOINT_URL"] = endpoint_url
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["MLFLOW_S3_ENDPOINT_URL"]
+        else:
+            os.environ["MLFLOW_S3_ENDPOINT_URL"] = saved
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """An SQLite store keeps artifacts in mlruns/ beside it, by absolute path, so
+    runs started from any folder (Ray trials change it) find them; a server
+    decides for itself."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+    return None
+
+
+def connect(args):
+    """A client for --tracking_uri, and the id of --experiment (created if missing)."""
+    client = import_mlflow()(tracking_uri=args.tracking_uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        experiment = client.get_experiment_by_name(args.experiment)
+        if experiment is None:
+            return client, client.create_experiment(
+                args.experiment, artifact_location=artifact_location(args.tracking_uri))
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return client, experiment.experiment_id
+    except (MlflowException, OSError) as error:  # OSError: a refused or broken connection
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UsageError(f"cannot reach the MLflow tracking store {args.tracking_uri} "
+                         f"({type(error).__name__}: {first_line[:200]}); start the server or "
+                         "fix --tracking_uri") from None
+
+
+def git_commit() -> str | None:
+    result = subprocess.run(["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"],
+                            capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def run_params(args) -> dict[str, str]:
+    """Every argument of the job, as MLflow parameters."""
+    hidden = {"mlflow_run_id", "parent_run_id", "local_rank"}
+    return {key: str(value) for key, value in sorted(vars(args).items())
+            if key not in hidden and value is not None}
+
+
+@contextmanager
+def mlflow_run(args, parent_run_id: str | None = None):
+    """Create the job's run; yield its id (None without --use_mlflow, or on a
+    torchrun rank other than 0); end it FINISHED, KILLED or FAILED."""
+    if not args.use_mlflow or os.environ.get("RANK", "0") != "0":
+        yield None
+        return
+    client, experiment_id = connect(args)
+    from mlflow.entities import Param, RunStatus
+
+    tags = {"mlflow.user": args.user, "kind": PROJECT_KIND}
+    if commit := git_commit():
+        tags["mlflow.source.git.commit"] = commit
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run_id = client.create_run(experiment_id, run_name=args.run_name, tags=tags).info.run_id
+    params = [Param(key, value) for key, value in run_params(args).items()]
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=params[start:start + 100])
+    try:
+        yield run_id
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+class RunLogger:
+    """Logs metrics and artifacts into an existing run. Metrics are buffered and
+    sent in batches: one call per epoch instead of one per step."""
+
+    def __init__(self, args):
+        self.client = import_mlflow()(tracking_uri=args.tracking_uri)
+        self.run_id = args.mlflow_run_id
+        self.endpoint_url = args.endpoint_url
+        self.pending = []
+
+    def log_metric(self, key: str, value: float, step: int) -> None:
+        from mlflow.entities import Metric
+
+        self.pending.append(Metric(key, value, int(time.time() * 1000), step))
+
+    def flush(self) -> None:
+        for start in range(0, len(self.pending), 1000):  # at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=self.pending[start:start + 1000])
+        self.pending = []
+
+    def log_artifact(self, path: Path) -> None:
+        with s3_endpoint(self.endpoint_url):
+            self.client.log_artifact(self.run_id, str(path))
+
+
+STATE_DICT_NAME = re.compile(r"^state_dict_e(?P<epoch>\w+)_(?P<date>\d{8})\.pt$")
+
+
+def get_state_dict(args, epoch: int | str, filter_string: str | None = None,
+                   run_id: str | None = None, dst: Path | None = None) -> Path:
+    """Download epoch ``epoch``'s state dict of one run into ``dst`` (default
+    --data_dir) and return its path; its name carries the data set's date.
+
+    Name the run by ``run_id``, or by a filter such as "params.lr = '0.01'" or
+    "attributes.run_name = 'baseline'" that matches exactly one run.
+    """
+    client, experiment_id = connect(args)
+    if run_id is None:
+        if not filter_string:
+            raise UsageError("get_state_dict needs a run_id or a filter_string naming one run")
+        runs = client.search_runs([experiment_id], filter_string=filter_string, max_results=2)
+        if len(runs) != 1:
+            found = "no run matches" if not runs else "several runs match"
+            raise UsageError(f"{found} {filter_string!r} in experiment {args.experiment!r}; "
+                             "name exactly one run, e.g. \"attributes.run_id = '...'\"")
+        run_id = runs[0].info.run_id
+    saved = {match["epoch"]: artifact.path for artifact in client.list_artifacts(run_id)
+             if (match := STATE_DICT_NAME.match(artifact.path))}
+    if str(epoch) not in saved:
+        epochs = sorted(saved)
+        raise UsageError(f"run {run_id} has no state dict for epoch {epoch}; "
+                         f"it has epochs: {', '.join(epochs) or 'none'}")
+    dst = Path(dst or args.data_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    with s3_endpoint(args.endpoint_url):
+        return Path(client.download_artifacts(run_id, saved[str(epoch)], str(dst)))

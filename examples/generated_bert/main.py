@@ -1,0 +1,51 @@
+"""Train the generated-bert model; `python main.py --help` lists every flag.
+
+    python -m generated_bert.data --synthetic   # once: prepare data/
+    python -m generated_bert.hf --tiny-model models/tiny-bert   # offline: a small BERT
+    python main.py --bert_type models/tiny-bert --lr 1e-3
+    python main.py --epochs 3                # one process; a GPU if one is visible
+    python main.py --gpus 4                  # one process per GPU
+    python main.py --procs 2                 # two CPU processes (DDP with gloo)
+    torchrun --nproc-per-node 4 main.py
+"""
+
+import argparse
+import sys
+
+from generated_bert.args import UsageError, add_ddp_args, add_learn_args
+from generated_bert.checkpoints import checkpoint_path, load_checkpoint
+from generated_bert.files import find_data_date
+from generated_bert.model import add_model_args
+from generated_bert.tracking import add_mlflow_args, mlflow_run
+from generated_bert.train import train
+from generated_bert.world import launch
+
+PREPARE_DATA = "python -m generated_bert.data --synthetic"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_ddp_args(parser)
+    # Defaults suited to fine-tuning a pretrained BERT; change them here or on the command line.
+    add_learn_args(parser, {"epochs": 3, "bs": 32, "lr": 5e-5})
+    add_model_args(parser)
+    add_mlflow_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        # Decided once, before any process starts, so that every rank reads the same files.
+        args.data_date = find_data_date(args.data_dir, args.data_date, PREPARE_DATA)
+        if args.resume:  # fail here, with one line, rather than in every process
+            load_checkpoint(checkpoint_path(args.data_dir, args.data_date), "cpu", args.epochs)
+        # One run for the whole job, however many processes train in it.
+        with mlflow_run(args) as args.mlflow_run_id:
+            launch(train, args)
+    except UsageError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+import main as entry_point
+from generated_bert.checkpoints import load_state_dict
+from generated_bert.data import main as prepare_data
+from generated_bert.tracking import get_state_dict
+
+DATE = "20240131"
+
+
+@pytest.fixture
+def args(tmp_path):
+    data_dir = tmp_path / "data"
+    prepare_data(["--synthetic", "--rows", "3000", "--users", "40", "--items", "30",
+                  "--data_dir", str(data_dir), "--data_date", DATE])
+    return ["--data_dir", str(data_dir), "--gpus", "0", "--epochs", "2",
+            "--use_mlflow", "--tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--experiment", "tests", "--run_name", "tracked"]
+
+
+def test_a_tracked_run_ends_finished_with_losses_and_state_dicts(args):
+    from mlflow import MlflowClient
+
+    entry_point.main(args)
+    parsed = entry_point.parse_args(args)
+    client = MlflowClient(parsed.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
+    assert run.data.params["epochs"] == "2"
+    assert len(client.get_metric_history(run.info.run_id, "valid_loss")) == 2
+    artifacts = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    assert {f"state_dict_e0_{DATE}.pt", f"state_dict_e1_{DATE}.pt"} <= artifacts
+
+
+def test_get_state_dict_brings_back_the_trained_weights(args, tmp_path):
+    entry_point.main(args)
+    parsed = entry_point.parse_args(args)
+    path = get_state_dict(parsed, 1, "attributes.run_name = 'tracked'", dst=tmp_path / "served")
+    restored = torch.load(path, weights_only=True)
+    trained = load_state_dict(parsed.data_dir, 1, DATE)
+    assert restored.keys() == trained.keys()
+    assert all(torch.equal(restored[key], trained[key]) for key in trained)

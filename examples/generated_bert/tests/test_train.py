@@ -1,0 +1,80 @@
+"""Training with a tiny BERT built on the spot: no network, seconds on a CPU."""
+
+import os
+
+import pytest
+import torch
+
+import main as entry_point
+from generated_bert.data import load_label_names
+from generated_bert.data import main as prepare_data
+from generated_bert.hf import build_tiny_model, get_tokenizer, load_encoded_split, save_bert_model
+
+DATE = "20240131"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    prepare_data(["--synthetic", "--rows", "600", "--data_dir", str(data_dir), "--data_date", DATE])
+    from generated_bert.data import load_texts
+
+    model_dir = build_tiny_model(load_texts(data_dir, "train", DATE)[0],
+                                 load_label_names(data_dir, DATE), data_dir / "tiny")
+    return data_dir, model_dir
+
+
+def run(data_dir, model_dir, *args):
+    entry_point.main(["--data_dir", str(data_dir), "--gpus", "0", "--bert_type", str(model_dir),
+                      "--lr", "1e-3", *args])
+
+
+def test_training_learns_and_writes_the_report(setup, capsys):
+    data_dir, model_dir = setup
+    run(data_dir, model_dir, "--epochs", "2")
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "weighted avg" in out
+    assert (data_dir / f"confusion_{DATE}.png").is_file()
+    assert (data_dir / f"classification_report_{DATE}.txt").is_file()
+    valid = [float(line.split(",")[2])
+             for line in (data_dir / f"metrics_{DATE}.csv").read_text().splitlines()[1:]]
+    assert valid[-1] < valid[0]
+
+
+def test_saved_bert_model_gives_the_trained_logits(setup, tmp_path):
+    data_dir, model_dir = setup
+    run(data_dir, model_dir, "--epochs", "1")
+    args = entry_point.parse_args(["--data_dir", str(data_dir), "--bert_type", str(model_dir)])
+    args.data_date = DATE
+    labels = load_label_names(data_dir, DATE)
+    saved = save_bert_model(args, 0, tmp_path / "saved", labels)
+
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(saved).eval()
+    trained = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels))
+    trained.load_state_dict(torch.load(data_dir / f"state_dict_e0_{DATE}.pt", weights_only=True))
+    trained.eval()
+    encoded = get_tokenizer(str(model_dir))(["the food was great"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**encoded).logits, trained(**encoded).logits)
+
+
+def test_tokenized_splits_are_cached_per_tokenizer(setup):
+    data_dir, model_dir = setup
+    args = entry_point.parse_args(["--data_dir", str(data_dir), "--bert_type", str(model_dir)])
+    args.data_date = DATE
+    tokenizer = get_tokenizer(str(model_dir))
+    first = load_encoded_split(args, tokenizer, "valid")
+    assert list((data_dir / "tokenized").glob(f"*/valid_tensor_{DATE}.pt"))
+    again = load_encoded_split(args, tokenizer, "valid")
+    assert all(torch.equal(first[key], again[key]) for key in first)
+
+
+def test_a_model_that_is_not_there_names_the_way_out(setup):
+    data_dir, _ = setup
+    with pytest.raises(SystemExit) as exit_info:
+        run(data_dir, data_dir / "no-such-model")
+    assert "no such model folder" in str(exit_info.value)
+    assert "--tiny-model" in str(exit_info.value)
