@@ -21,12 +21,14 @@ VALID = [
     ("recommender-mlflow", {"kind": "recommender", "use_mlflow": True}, True),
     ("bert", {"kind": "bert"}, True),
     ("bert-mlflow", {"kind": "bert", "use_mlflow": True}, False),
+    ("recommender-tune", {"kind": "recommender", "use_ray_tune": True}, False),
+    ("recommender-mlflow-tune", {"kind": "recommender", "use_mlflow": True, "use_ray_tune": True}, False),
+    ("bert-mlflow-tune", {"kind": "bert", "use_mlflow": True, "use_ray_tune": True}, False),
     ("recommender-free-text", {"kind": "recommender", "author": 'Ann "The Quoter" O\'Neil\\',
                                "description": f"Ratings {USER_JINJA} & <stuff> '''"}, False),
 ]
 
 INVALID = [
-    ({"use_ray_tune": True}, "not available yet"),
     ({"use_serve": True}, "not available yet"),
     ({"package_name": "import"}, "is a Python keyword"),
     ({"package_name": "Demo"}, "lowercase Python identifier"),
@@ -35,7 +37,11 @@ INVALID = [
 ]
 
 # What each feature leaves in a project; a feature that is off must leave none of it.
-FEATURE_TRACES = {"use_mlflow": re.compile(r"mlflow", re.IGNORECASE)}
+FEATURE_TRACES = {
+    "use_mlflow": re.compile(r"mlflow", re.IGNORECASE),
+    # world.py documents that train() also runs under Ray Train; no import may remain.
+    "use_ray_tune": re.compile(r"^\s*(import ray|from ray)|tune\.yaml|use_ray_tune", re.MULTILINE),
+}
 
 JINJA_LEFTOVER = re.compile(r"\{\{|\{%|\{#|%\}|#\}")
 

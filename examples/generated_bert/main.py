@@ -23,14 +23,23 @@ from generated_bert.world import launch
 PREPARE_DATA = "python -m generated_bert.data --synthetic"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_ddp_args(parser)
     # Defaults suited to fine-tuning a pretrained BERT; change them here or on the command line.
     add_learn_args(parser, {"epochs": 3, "bs": 32, "lr": 5e-5})
     add_model_args(parser)
     add_mlflow_args(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Absolute paths: processes started later may run in other folders.
+    args.data_dir = args.data_dir.resolve()
+    args.output_dir = (args.output_dir or args.data_dir).resolve()
+    return args
 
 
 def main(argv=None) -> None:
@@ -39,8 +48,9 @@ def main(argv=None) -> None:
         # Decided once, before any process starts, so that every rank reads the same files.
         args.data_date = find_data_date(args.data_dir, args.data_date, PREPARE_DATA)
         if args.resume:  # fail here, with one line, rather than in every process
-            load_checkpoint(checkpoint_path(args.data_dir, args.data_date), "cpu", args.epochs)
-        # One run for the whole job, however many processes train in it.
+            load_checkpoint(checkpoint_path(args.output_dir, args.data_date), "cpu", args.epochs)
+        # One run for the whole job, however many processes train in it
+        # (for a search: the parent of one run per trial).
         with mlflow_run(args) as args.mlflow_run_id:
             launch(train, args)
     except UsageError as error:

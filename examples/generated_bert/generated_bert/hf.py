@@ -145,7 +145,7 @@ def save_bert_model(args, epoch: int | str, out_dir: Path, label_names: list[str
                    num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                    label2id={name: i for i, name in enumerate(label_names)})
     model = transformers.AutoModelForSequenceClassification.from_config(config)
-    model.load_state_dict(load_state_dict(args.data_dir, epoch, args.data_date))
+    model.load_state_dict(load_state_dict(args.output_dir, epoch, args.data_date))
     model.save_pretrained(out_dir)
     return Path(out_dir)
 

@@ -130,8 +130,22 @@ def run_params(args) -> dict[str, str]:
             if key not in hidden and value is not None}
 
 
+def close_child_runs(args, failed: set[str]) -> None:
+    """End the runs of a search's trials that are still open: Ray Tune stops a
+    trial's process when the scheduler is done with it, before its run can end.
+    Trials in ``failed`` (Ray trial ids) end FAILED, the others FINISHED."""
+    client, experiment_id = connect(args)
+    still_open = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{args.mlflow_run_id}' "
+                      "and attributes.status = 'RUNNING'")
+    for run in still_open:
+        status = "FAILED" if run.data.tags.get("ray_trial_id") in failed else "FINISHED"
+        client.set_terminated(run.info.run_id, status)
+
+
 @contextmanager
-def mlflow_run(args, parent_run_id: str | None = None):
+def mlflow_run(args, parent_run_id: str | None = None, tags: dict | None = None):
     """Create the job's run; yield its id (None without --use_mlflow, or on a
     torchrun rank other than 0); end it FINISHED, KILLED or FAILED."""
     if not args.use_mlflow or os.environ.get("RANK", "0") != "0":
@@ -140,7 +154,7 @@ def mlflow_run(args, parent_run_id: str | None = None):
     client, experiment_id = connect(args)
     from mlflow.entities import Param, RunStatus
 
-    tags = {"mlflow.user": args.user, "kind": PROJECT_KIND}
+    tags = {"mlflow.user": args.user, "kind": PROJECT_KIND, **(tags or {})}
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
     if parent_run_id:
@@ -153,6 +167,10 @@ def mlflow_run(args, parent_run_id: str | None = None):
         yield run_id
     except KeyboardInterrupt:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except SystemExit as stop:  # Ray Tune ends a trial it is done with by sys.exit(0)
+        status = RunStatus.FINISHED if stop.code in (0, None) else RunStatus.FAILED
+        client.set_terminated(run_id, RunStatus.to_string(status))
         raise
     except BaseException:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))

@@ -99,7 +99,7 @@ def train(args, gpu=None):
     scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
     tracker = RunLogger(args) if world.is_logger and args.mlflow_run_id else None
 
-    checkpoint_file = checkpoint_path(args.data_dir, args.data_date)
+    checkpoint_file = checkpoint_path(args.output_dir, args.data_date)
     metrics, first_epoch = [], 0
     if args.resume:
         checkpoint = load_checkpoint(checkpoint_file, world.device, args.epochs)
@@ -110,7 +110,7 @@ def train(args, gpu=None):
         restore_rng(checkpoint["rng"])
         metrics, first_epoch = checkpoint["metrics"], checkpoint["epoch"] + 1
     elif world.is_logger:
-        save_state_dict(model, args.data_dir, "orig", args.data_date)
+        save_state_dict(model, args.output_dir, "orig", args.data_date)
 
     if world.is_ddp:
         model = DistributedDataParallel(
@@ -177,23 +177,23 @@ def train(args, gpu=None):
         metrics.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
                         "time": timer.elapsed()})
         if world.is_logger:
-            save_state_dict(model, args.data_dir, epoch, args.data_date)
+            save_state_dict(model, args.output_dir, epoch, args.data_date)
             save_checkpoint(checkpoint_file, model=model, optimizer=optimizer,
                             scheduler=scheduler, scaler=scaler, epoch=epoch,
                             epochs=args.epochs, metrics=metrics)
         if tracker:
             tracker.log_metric("valid_loss", valid_loss, (epoch + 1) * steps_per_epoch)
             tracker.flush()
-            tracker.log_artifact(state_dict_path(args.data_dir, epoch, args.data_date))
+            tracker.log_artifact(state_dict_path(args.output_dir, epoch, args.data_date))
     test_loss = evaluate(model, test_set, args.bs, world, autocast)
     if world.is_logger:
-        metrics_file = data_file(args.data_dir, "metrics", args.data_date, ".csv")
+        metrics_file = data_file(args.output_dir, "metrics", args.data_date, ".csv")
         save_metrics_table(metrics, metrics_file)
         print(f"test loss: {test_loss:.4f}")
         # One process scores the whole test set, so the report needs no gathering.
         predictions = predict(unwrap(model), test_set, args.bs, autocast)
         report, report_files = classification_summary(
-            predictions, test_set["labels"].cpu(), label_names, args.data_dir, args.data_date)
+            predictions, test_set["labels"].cpu(), label_names, args.output_dir, args.data_date)
     if tracker:
         for name, value in {"test_loss": test_loss, **report}.items():
             tracker.log_metric(name, value, args.epochs * steps_per_epoch)

@@ -182,6 +182,10 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
         help="YYYYMMDD date of the data set to train on (default: the newest in --data_dir)",
     )
     group.add_argument(
+        "--output_dir", type=Path, default=None,
+        help="folder for state dicts, checkpoints and metrics (default: --data_dir)",
+    )
+    group.add_argument(
         "--find_unused_parameters", action="store_true",
         help="let DDP tolerate parameters that get no gradient in a step",
     )
