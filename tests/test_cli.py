@@ -145,7 +145,6 @@ def test_a_changed_template_gets_a_new_tag_and_an_unchanged_one_reuses_it(tmp_pa
         (["--data", "package_name=torch"], "would shadow the module of that name"),
         (["--data", "package_name"], "--data 'package_name' is not KEY=VALUE"),
         (["--kind", "gan"], "unknown kind 'gan'; choose one of: recommender, bert"),
-        (["--data", "use_serve=true"], "use_serve is not available yet"),
     ],
 )
 def test_bad_answers_are_refused_and_write_nothing(tmp_path, args, message):

@@ -19,6 +19,8 @@ ANSWERS = {
     "package_name": "generated_bert",
     "kind": "bert",
     "use_mlflow": True,
+    "use_ray_tune": True,
+    "use_serve": True,
     "author": "quikgen",
     "description": "The bert kind as quikgen renders it, committed for reading",
 }

@@ -24,12 +24,17 @@ VALID = [
     ("recommender-tune", {"kind": "recommender", "use_ray_tune": True}, False),
     ("recommender-mlflow-tune", {"kind": "recommender", "use_mlflow": True, "use_ray_tune": True}, False),
     ("bert-mlflow-tune", {"kind": "bert", "use_mlflow": True, "use_ray_tune": True}, False),
+    ("recommender-serve", {"kind": "recommender", "use_serve": True}, False),
+    ("bert-serve", {"kind": "bert", "use_serve": True}, False),
+    ("bert-everything", {"kind": "bert", "use_mlflow": True, "use_ray_tune": True,
+                         "use_serve": True}, True),
+    ("recommender-everything", {"kind": "recommender", "use_mlflow": True, "use_ray_tune": True,
+                                "use_serve": True}, False),
     ("recommender-free-text", {"kind": "recommender", "author": 'Ann "The Quoter" O\'Neil\\',
                                "description": f"Ratings {USER_JINJA} & <stuff> '''"}, False),
 ]
 
 INVALID = [
-    ({"use_serve": True}, "not available yet"),
     ({"package_name": "import"}, "is a Python keyword"),
     ({"package_name": "Demo"}, "lowercase Python identifier"),
     ({"package_name": "pandas"}, "would shadow"),
@@ -41,6 +46,8 @@ FEATURE_TRACES = {
     "use_mlflow": re.compile(r"mlflow", re.IGNORECASE),
     # world.py documents that train() also runs under Ray Train; no import may remain.
     "use_ray_tune": re.compile(r"^\s*(import ray|from ray)|tune\.yaml|use_ray_tune", re.MULTILINE),
+    # hf.get_bert_info documents TorchServe's setup_config; no import, archiver or serve/ may remain.
+    "use_serve": re.compile(r"^\s*(from|import) ts\b|torch-model-archiver|\bserve/", re.MULTILINE),
 }
 
 JINJA_LEFTOVER = re.compile(r"\{\{|\{%|\{#|%\}|#\}")

@@ -7,6 +7,7 @@
     python main.py --gpus 4                  # one process per GPU
     python main.py --procs 2                 # two CPU processes (DDP with gloo)
     torchrun --nproc-per-node 4 main.py
+    python main.py --use_ray_tune --num_samples 8   # search tune.yaml's space
 """
 
 import argparse
@@ -18,6 +19,7 @@ from generated_bert.files import find_data_date
 from generated_bert.model import add_model_args
 from generated_bert.tracking import add_mlflow_args, mlflow_run
 from generated_bert.train import train
+from generated_bert.tune import add_ray_tune_args, load_config_file, load_search_space, run_search
 from generated_bert.world import launch
 
 PREPARE_DATA = "python -m generated_bert.data --synthetic"
@@ -30,11 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_learn_args(parser, {"epochs": 3, "bs": 32, "lr": 5e-5})
     add_model_args(parser)
     add_mlflow_args(parser)
+    add_ray_tune_args(parser)
     return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
+    # --config FILE: its values replace the defaults; flags on the command line still win.
+    config_file = parser.parse_known_args(argv)[0].config
+    if config_file:
+        try:
+            parser.set_defaults(**load_config_file(config_file, parser))
+        except (UsageError, ValueError, argparse.ArgumentTypeError) as error:
+            parser.error(str(error))
     args = parser.parse_args(argv)
     # Absolute paths: processes started later may run in other folders.
     args.data_dir = args.data_dir.resolve()
@@ -49,10 +59,15 @@ def main(argv=None) -> None:
         args.data_date = find_data_date(args.data_dir, args.data_date, PREPARE_DATA)
         if args.resume:  # fail here, with one line, rather than in every process
             load_checkpoint(checkpoint_path(args.output_dir, args.data_date), "cpu", args.epochs)
+        # Checked before Ray starts, so a typo costs seconds, not a cluster start.
+        space = load_search_space(args.tune_config, build_parser()) if args.use_ray_tune else None
         # One run for the whole job, however many processes train in it
         # (for a search: the parent of one run per trial).
         with mlflow_run(args) as args.mlflow_run_id:
-            launch(train, args)
+            if args.use_ray_tune:
+                run_search(args, train, space)
+            else:
+                launch(train, args)
     except UsageError as error:
         sys.exit(f"error: {error}")
 

@@ -31,6 +31,7 @@ from .metrics import EpochTimer, SmoothedLoss, save_metrics_table
 from .model import build_model, compute_loss
 from .report import classification_summary, predict
 from .tracking import RunLogger
+from .tune import report_epoch
 from .world import average_across_ranks, cleanup_world, logger_first, setup_world
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -181,6 +182,8 @@ def train(args, gpu=None):
             save_checkpoint(checkpoint_file, model=model, optimizer=optimizer,
                             scheduler=scheduler, scaler=scaler, epoch=epoch,
                             epochs=args.epochs, metrics=metrics)
+        if args.use_ray_tune:  # a trial of a search: ASHA may stop it here
+            report_epoch(args, {**metrics[-1], "world_size": world.world_size})
         if tracker:
             tracker.log_metric("valid_loss", valid_loss, (epoch + 1) * steps_per_epoch)
             tracker.flush()

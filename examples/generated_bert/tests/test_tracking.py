@@ -1,9 +1,13 @@
+import os
+
 import pytest
 import torch
 
 import main as entry_point
 from generated_bert.checkpoints import load_state_dict
+from generated_bert.data import load_label_names, load_texts
 from generated_bert.data import main as prepare_data
+from generated_bert.hf import build_tiny_model
 from generated_bert.tracking import get_state_dict
 
 DATE = "20240131"
@@ -12,9 +16,12 @@ DATE = "20240131"
 @pytest.fixture
 def args(tmp_path):
     data_dir = tmp_path / "data"
-    prepare_data(["--synthetic", "--rows", "3000", "--users", "40", "--items", "30",
-                  "--data_dir", str(data_dir), "--data_date", DATE])
-    return ["--data_dir", str(data_dir), "--gpus", "0", "--epochs", "2",
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    prepare_data(["--synthetic", "--rows", "300", "--data_dir", str(data_dir), "--data_date", DATE])
+    texts, _ = load_texts(data_dir, "train", DATE)
+    build_tiny_model(texts, load_label_names(data_dir, DATE), tmp_path / "tiny")
+    model_args = ["--bert_type", str(tmp_path / "tiny"), "--lr", "1e-3"]
+    return ["--data_dir", str(data_dir), "--gpus", "0", "--epochs", "2", *model_args,
             "--use_mlflow", "--tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
             "--experiment", "tests", "--run_name", "tracked"]
 

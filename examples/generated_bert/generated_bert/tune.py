@@ -1,0 +1,329 @@
+"""Hyperparameter search with Ray Tune, each trial running the same train().
+
+    python main.py --use_ray_tune --num_samples 8            # one process per trial
+    python main.py --use_ray_tune --workers_per_trial 2      # each trial a 2-process DDP job
+    python main.py --config data/best_config_{date}.yaml     # train the winner
+
+tune.yaml names training arguments and how to sample each (pytorch-quik's format):
+
+    lr: {loguniform: {lower: 1.0e-4, upper: 1.0e-1}}
+    bs: {choice: {categories: [256, 512, 1024]}}
+
+ASHA stops poor trials early on ``valid_loss``; at the end the trials are
+printed as a table and the best configuration is saved as
+data/best_config_{date}.yaml. Ray is imported only for a search.
+"""
+
+import argparse
+import copy
+import math
+import os
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from .args import PROJECT_DIR, UsageError, positive_int
+from .files import data_file, write_atomically
+
+# sampler name -> the arguments it takes, as in ray.tune's functions of that name.
+SAMPLERS = {
+    "choice": ("categories",),
+    "grid_search": ("values",),
+    "uniform": ("lower", "upper"),
+    "quniform": ("lower", "upper", "q"),
+    "loguniform": ("lower", "upper"),
+    "qloguniform": ("lower", "upper", "q"),
+    "randint": ("lower", "upper"),
+    "qrandint": ("lower", "upper", "q"),
+    "lograndint": ("lower", "upper"),
+    "randn": ("mean", "sd"),
+}
+FLOAT_SAMPLERS = {"uniform", "quniform", "loguniform", "qloguniform", "randn"}
+# What a search may vary: the flags of these groups, except where files are.
+TUNABLE_GROUPS = {"learning", "model", "hugging face"}
+NOT_TUNABLE = {"data_dir", "data_date", "output_dir", "resume"}
+RESULTS_DIR = PROJECT_DIR / "ray_results"
+
+
+def add_ray_tune_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
+    """Hyperparameter search, and training from a saved configuration."""
+    group = parser.add_argument_group("ray tune")
+    group.add_argument("--use_ray_tune", action="store_true",
+                       help="search hyperparameters over --tune_config instead of training once")
+    group.add_argument("--num_samples", type=positive_int, default=20,
+                       help="trials to run (default: %(default)s)")
+    group.add_argument("--workers_per_trial", type=positive_int, default=1,
+                       help="processes per trial; above 1 each trial is a DDP job run by Ray "
+                       "Train, one GPU per process where there are GPUs (default: %(default)s)")
+    group.add_argument("--tune_config", type=Path, default=PROJECT_DIR / "tune.yaml",
+                       help="the search space (default: the project's tune.yaml)")
+    group.add_argument("--config", type=Path, default=None,
+                       help="YAML of argument values to train with, such as a saved "
+                       "data/best_config_{date}.yaml; command-line flags still win")
+    if defaults:
+        parser.set_defaults(**defaults)
+    return parser
+
+
+def _number(key: str, name: str, value, whole: bool = False):
+    """A number from YAML (PyYAML reads 1e-4 as a string; 1.0e-4 as a float)."""
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or (whole and number != int(number)):
+        kind = "a whole number" if whole else "a number"
+        raise UsageError(f"tune.yaml: {key}.{name} must be {kind}, got {value!r}")
+    return int(number) if whole else number
+
+
+def load_search_space(path: Path, parser: argparse.ArgumentParser) -> dict:
+    """tune.yaml, checked before Ray starts: {argument: (sampler, kwargs)}."""
+    if not Path(path).is_file():
+        raise UsageError(f"no search space at {path}; write one (see tune.py) or pass "
+                         "--tune_config")
+    try:
+        space = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise UsageError(f"{path} is not valid YAML{line}; fix its syntax") from None
+    if not isinstance(space, dict) or not space:
+        raise UsageError(f"{path} must map argument names to samplers, e.g. "
+                         "lr: {loguniform: {lower: 1.0e-4, upper: 1.0e-1}}")
+    actions = {action.dest: action for group in parser._action_groups
+               if group.title in TUNABLE_GROUPS for action in group._group_actions
+               if action.dest not in NOT_TUNABLE}
+    checked = {}
+    for key, spec in space.items():
+        if key not in actions:
+            raise UsageError(f"tune.yaml: {key!r} is not a training argument that can be "
+                             "searched; use a name from `python main.py --help`, e.g. lr or bs")
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise UsageError(f"tune.yaml: {key} must be one sampler, e.g. "
+                             + key + ": {choice: {categories: [...]}}")
+        ((sampler, kwargs),) = spec.items()
+        if sampler not in SAMPLERS:
+            raise UsageError(f"tune.yaml: {key} uses unknown sampler {sampler!r}; "
+                             f"use one of {', '.join(SAMPLERS)}")
+        if not isinstance(kwargs, dict) or set(kwargs) != set(SAMPLERS[sampler]):
+            raise UsageError(f"tune.yaml: {key}.{sampler} takes exactly "
+                             f"{', '.join(SAMPLERS[sampler])}")
+        default = actions[key].default
+        whole = isinstance(default, int) and not isinstance(default, bool)
+        if sampler in ("choice", "grid_search"):
+            values = next(iter(kwargs.values()))
+            if not isinstance(values, list) or not values:
+                raise UsageError(f"tune.yaml: {key}.{sampler} needs a non-empty list")
+            if actions[key].type is not None:
+                for value in values:
+                    try:
+                        actions[key].type(str(value))
+                    except (ValueError, argparse.ArgumentTypeError) as error:
+                        raise UsageError(f"tune.yaml: {key} value {value!r} is not valid for "
+                                         f"--{key} ({error})") from None
+            checked[key] = (sampler, kwargs)
+            continue
+        if whole and sampler in FLOAT_SAMPLERS:
+            raise UsageError(f"tune.yaml: {key} takes whole numbers; use randint, qrandint, "
+                             f"lograndint or choice instead of {sampler}")
+        numbers = {name: _number(key, name, value, whole and name != "q")
+                   for name, value in kwargs.items()}
+        if "lower" in numbers and not numbers["lower"] < numbers["upper"]:
+            raise UsageError(f"tune.yaml: {key}.{sampler} has lower {numbers['lower']} >= "
+                             f"upper {numbers['upper']}; swap or fix them")
+        if sampler.startswith(("log", "qlog")) and numbers["lower"] <= 0:
+            raise UsageError(f"tune.yaml: {key}.{sampler} needs lower > 0")
+        if numbers.get("q", 1) <= 0 or numbers.get("sd", 1) <= 0:
+            raise UsageError(f"tune.yaml: {key}.{sampler} needs q and sd > 0")
+        checked[key] = (sampler, numbers)
+    return checked
+
+
+def load_config_file(path: Path, parser: argparse.ArgumentParser) -> dict:
+    """Argument values from a YAML file such as best_config_{date}.yaml."""
+    if not Path(path).is_file():
+        raise UsageError(f"--config {path}: no such file")
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    actions = {action.dest: action for action in parser._actions}
+    unknown = sorted(set(values) - set(actions))
+    if not isinstance(values, dict) or unknown:
+        raise UsageError(f"--config {path}: unknown argument(s) {', '.join(map(str, unknown))}")
+    converted = {}
+    for key, value in values.items():
+        action = actions[key]
+        if action.type is not None and not isinstance(value, list):
+            value = action.type(str(value))
+        converted[key] = tuple(value) if isinstance(value, list) else value
+    return converted
+
+
+def report_epoch(args, row: dict) -> None:
+    """Hand one epoch's metrics to Tune; ASHA may end the trial here."""
+    if args.workers_per_trial > 1:
+        import ray.train
+
+        ray.train.report(row)  # every worker reports; Tune receives rank 0's row
+    else:
+        from ray import tune
+
+        tune.report(row)
+
+
+def _trial_args(args, config: dict, trial_id: str):
+    trial_args = copy.copy(args)
+    vars(trial_args).update(config)
+    trial_args.output_dir = RESULTS_DIR / args.search_name / "trials" / trial_id
+    return trial_args
+
+
+def _one_process_trial(config: dict, args, train_fn) -> None:
+    import torch
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    trial_args = _trial_args(args, config, trial_id)
+    from .tracking import mlflow_run
+
+    with mlflow_run(trial_args, parent_run_id=args.mlflow_run_id,
+                    tags={"ray_trial_id": trial_id}) as trial_args.mlflow_run_id:
+        train_fn(trial_args, 0 if torch.cuda.is_available() else None)
+
+
+def _ddp_worker(trial_args, train_fn) -> None:
+    import ray.train
+    import torch
+
+    local_rank = ray.train.get_context().get_local_rank()
+    train_fn(trial_args, local_rank if torch.cuda.is_available() else None)
+
+
+def _ddp_trial(config: dict, args, train_fn, worker_resources: dict) -> None:
+    """A Tune trial that runs the training as a Ray Train DDP job."""
+    import torch
+    from ray import train, tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    trial_args = _trial_args(args, config, trial_id)
+
+    def worker(loop_config):
+        _ddp_worker(loop_config["args"], train_fn)
+
+    def fit():
+        TorchTrainer(
+            worker,
+            train_loop_config={"args": trial_args},
+            scaling_config=train.ScalingConfig(
+                num_workers=args.workers_per_trial, use_gpu=torch.cuda.is_available(),
+                resources_per_worker=worker_resources),
+            run_config=train.RunConfig(
+                name=f"train-{trial_id}",
+                storage_path=str(RESULTS_DIR / args.search_name / "train"),
+                callbacks=[TuneReportCallback()],
+                logging_config=train.LoggingConfig(log_level="WARNING")),
+        ).fit()
+
+    from .tracking import mlflow_run
+
+    with mlflow_run(trial_args, parent_run_id=args.mlflow_run_id,
+                    tags={"ray_trial_id": trial_id}) as trial_args.mlflow_run_id:
+        fit()
+
+
+def run_search(args, train_fn, space: dict):
+    """Run the trials; print the table and save the best configuration."""
+    # Set before Ray starts: its processes inherit them.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # keeps token auth, without its warning
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the project folder
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else each print shows twice
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    try:
+        import ray
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler
+    except ImportError:
+        raise UsageError("--use_ray_tune needs Ray: pip install 'ray[default,tune,train]' "
+                         "(or pip install -e '.[ray]')") from None
+    import torch
+
+    # One folder per search, so results of earlier searches never mix in.
+    args.search_name = f"tune_{args.data_date}_{datetime.now():%H%M%S}"
+    ray.init(logging_level="WARNING")
+    cpus = ray.cluster_resources().get("CPU", 1)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    workers = args.workers_per_trial
+    if workers == 1:
+        def trial(config):
+            _one_process_trial(config, args, train_fn)
+
+        trainable = tune.with_resources(trial, {"cpu": 1, "gpu": 1} if gpus else {"cpu": 1})
+        concurrent = gpus if gpus else int(cpus)
+    else:
+        # The trial itself only waits for its Ray Train job: a sliver of a CPU.
+        # Its workers take a GPU each, or share the CPUs so that a trial fits.
+        driver_cpu = 0.1
+        worker = {"CPU": 1, "GPU": 1} if gpus else {"CPU": min(1.0, (cpus - driver_cpu) / workers)}
+
+        def trial(config):
+            _ddp_trial(config, args, train_fn, worker)
+
+        trainable = tune.with_resources(trial, {"cpu": driver_cpu})
+        # Tune sees only the trials' own CPU, so cap how many start at once.
+        per_trial_cpu = driver_cpu + workers * worker["CPU"]
+        concurrent = gpus // workers if gpus else int(cpus // per_trial_cpu)
+    if concurrent < 1:
+        raise UsageError(f"--workers_per_trial {workers} needs {workers} GPUs per trial; "
+                         f"{gpus} are visible")
+
+    tuner = tune.Tuner(
+        trainable,
+        param_space={key: getattr(tune, sampler)(**kwargs)
+                     for key, (sampler, kwargs) in space.items()},
+        tune_config=tune.TuneConfig(
+            metric="valid_loss", mode="min", num_samples=args.num_samples,
+            max_concurrent_trials=concurrent,
+            scheduler=ASHAScheduler(max_t=args.epochs, grace_period=1)),
+        run_config=tune.RunConfig(name=args.search_name, storage_path=str(RESULTS_DIR), verbose=1),
+    )
+    results = tuner.fit()
+    ray.shutdown()
+    if args.mlflow_run_id:
+        from .tracking import RunLogger, close_child_runs
+
+        failed = {result.metrics.get("trial_id") for result in results if result.error}
+        close_child_runs(args, failed)
+        best_config = summarize(results, space, args)
+        RunLogger(args).log_artifact(best_config)
+        return best_config
+    return summarize(results, space, args)
+
+
+def summarize(results, space: dict, args):
+    """Print every trial's configuration and best valid_loss; save the best one."""
+    import pandas as pd
+
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        reported = history is not None and "valid_loss" in history
+        best = history["valid_loss"].min() if reported else None
+        rows.append({**{key: result.config[key] for key in space},
+                     "best_valid_loss": best,
+                     "epochs": 0 if history is None else len(history),
+                     "error": type(result.error).__name__ if result.error else ""})
+    table = pd.DataFrame(rows).sort_values("best_valid_loss", na_position="last")
+    print(table.to_string(index=False))
+    finished = table.dropna(subset=["best_valid_loss"])
+    if finished.empty:
+        raise UsageError("no trial finished an epoch; see the errors above")
+    best = {key: finished.iloc[0][key] for key in space}
+    best = {key: value.item() if hasattr(value, "item") else value for key, value in best.items()}
+    path = data_file(args.data_dir, "best_config", args.data_date, ".yaml")
+    text = (f"# best of {len(table)} trials: valid_loss {finished.iloc[0]['best_valid_loss']:.6g}\n"
+            f"# train with it: python main.py --config {path}\n" + yaml.safe_dump(best))
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
+    print(f"best configuration: {best}\nsaved to {path}")
+    return path

@@ -1,0 +1,167 @@
+"""Serving with a real TorchServe, and the batched client against faults."""
+
+import http.server
+import json
+import socket
+import sys
+import threading
+
+import pandas as pd
+import pytest
+import torch
+
+from .conftest import python, quikgen
+
+pytestmark = pytest.mark.slow
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+
+
+def free_port_block(size=5):
+    """A base port with `size` free ports above it (TorchServe takes five)."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = sock.getsockname()[1]
+        if base + size < 65000 and all(_free(base + i) for i in range(size)):
+            return base
+    raise RuntimeError("no free port block")
+
+
+def _free(port):
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture
+def served(tmp_path):
+    """Start TorchServe for a project, and always stop it."""
+    started = []
+
+    def start(project, package):
+        port = free_port_block()
+        python(project, "-m", f"{package}.serve", "start", "--port", str(port), env=OFFLINE)
+        started.append((project, package))
+        return f"http://127.0.0.1:{port}/predictions/{package}"
+
+    yield start
+    for project, package in started:
+        python(project, "-m", f"{package}.serve", "stop", check=False)
+
+
+def import_api(project, package):
+    sys.path.insert(0, str(project))
+    try:
+        return __import__(f"{package}.api", fromlist=["batch_inference"])
+    finally:
+        sys.path.remove(str(project))
+
+
+def test_bert_end_to_end_through_torchserve(tmp_path, served):
+    project = tmp_path / "served-bert"
+    assert quikgen("new", str(project), "--defaults", "--kind", "bert",
+                   "--data", "use_serve=true").exit_code == 0
+    python(project, "-m", "served_bert.data", "--synthetic", "--rows", "1200", env=OFFLINE)
+    python(project, "-m", "served_bert.hf", "--tiny-model", "models/tiny", env=OFFLINE)
+    python(project, "main.py", "--gpus", "0", "--bert_type", "models/tiny", "--lr", "1e-3",
+           "--epochs", "1", env=OFFLINE)
+    python(project, "-m", "served_bert.serve", "build", "--epoch", "0", "--bert_type",
+           "models/tiny", env=OFFLINE)
+    url = served(project, "served_bert")
+
+    (test_csv,) = (project / "data").glob("test_text_*.csv")
+    texts = (pd.read_csv(test_csv)["text"].tolist() * 2)[:100]
+    api = import_api(project, "served_bert")
+    scored = api.batch_inference(texts, batch_size=16, url=url, workers=3,
+                                 token=api.inference_token(project / "serve" / "key_file.json"))
+    assert list(scored.index) == list(range(100))
+    assert scored["text"].tolist() == texts
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    build = project / "serve" / "build"
+    model = AutoModelForSequenceClassification.from_pretrained(build).eval()
+    encoded = AutoTokenizer.from_pretrained(build)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        local = model(**encoded).logits.argmax(-1).tolist()
+    assert scored["label"].tolist() == [model.config.id2label[i] for i in local]
+
+
+def test_recommender_end_to_end_through_torchserve(tmp_path, served):
+    project = tmp_path / "served-recs"
+    assert quikgen("new", str(project), "--defaults", "--data", "use_serve=true").exit_code == 0
+    python(project, "-m", "served_recs.data", "--synthetic", "--rows", "5000", "--users", "60",
+           "--items", "40")
+    python(project, "main.py", "--gpus", "0", "--epochs", "2")
+    python(project, "-m", "served_recs.serve", "build", "--epoch", "1")
+    url = served(project, "served_recs")
+
+    pairs = [{"user": user, "item": item} for user in range(10) for item in range(10)]
+    api = import_api(project, "served_recs")
+    scored = api.batch_inference(pairs, batch_size=7, url=url, workers=4,
+                                 token=api.inference_token(project / "serve" / "key_file.json"))
+    assert list(scored.index) == list(range(100))
+    assert scored[["user", "item"]].to_dict("records") == pairs
+
+    exported = torch.export.load(project / "serve" / "build" / "model.pt2").module()
+    with torch.no_grad():
+        local = exported(torch.tensor([p["user"] for p in pairs]),
+                         torch.tensor([p["item"] for p in pairs]))
+    torch.testing.assert_close(torch.tensor(scored["rating"].tolist()), local, atol=1e-5, rtol=0)
+
+
+class FlakyServer(http.server.BaseHTTPRequestHandler):
+    """Answers 507 to the first two requests, then echoes a rating per record."""
+
+    lock = threading.Lock()
+    calls = 0
+    scored = []
+
+    def do_POST(self):  # noqa: N802
+        records = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.lock:
+            FlakyServer.calls += 1
+            fail = FlakyServer.calls <= 2
+            if not fail:
+                FlakyServer.scored.extend(r["user"] for r in records)
+        body = b"{}" if fail else json.dumps(
+            [{"user": r["user"], "item": r["item"], "rating": float(r["user"])} for r in records]
+        ).encode()
+        self.send_response(507 if fail else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_answering_507_twice_loses_and_repeats_nothing(tmp_path):
+    project = tmp_path / "flaky"
+    assert quikgen("new", str(project), "--defaults", "--data", "use_serve=true").exit_code == 0
+    api = import_api(project, "flaky")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        records = [{"user": i, "item": 0} for i in range(30)]
+        scored = api.batch_inference(records, batch_size=4, workers=2, retries=5,
+                                     url=f"http://127.0.0.1:{server.server_address[1]}/p")
+    finally:
+        server.shutdown()
+    assert scored["rating"].tolist() == [float(i) for i in range(30)]
+    assert sorted(FlakyServer.scored) == list(range(30))  # every record scored exactly once
+
+
+def test_server_down_is_a_clear_error_and_a_non_zero_exit(tmp_path):
+    project = tmp_path / "down"
+    assert quikgen("new", str(project), "--defaults", "--data", "use_serve=true").exit_code == 0
+    (tmp_path / "pairs.csv").write_text("user,item\n1,2\n3,4\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = python(project, "-m", "down.api", str(tmp_path / "pairs.csv"), "--out",
+                    str(tmp_path / "out.csv"), "--url", f"http://127.0.0.1:{port}/predictions/x",
+                    "--retries", "1", check=False)
+    assert result.returncode == 1
+    assert "2 of 2 records were not scored (records 0-1): cannot reach" in result.stderr
+    assert "Traceback" not in result.stderr
