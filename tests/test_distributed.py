@@ -205,3 +205,21 @@ def test_two_gpus_with_nccl_match_one_gpu_with_double_batch(project, tmp_path):
         python(project, "main.py", "--data_dir", str(data_dir), "--epochs", "2", *args)
         runs[name] = weights(data_dir, 1)
     assert_same_weights(runs["two"], runs["one"], atol=1e-4)
+
+
+@pytest.mark.parametrize("procs", ["1", "2"])
+def test_ctrl_c_keeps_the_checkpoint_and_exits_130(project, data_dir, procs):
+    command = [sys.executable, "main.py", "--data_dir", str(data_dir), "--gpus", "0",
+               "--epochs", "50", "--bs", "16", "--procs", procs]
+    # A new session, signalled as a whole: what Ctrl-C in a terminal does.
+    process = subprocess.Popen(command, cwd=project, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    checkpoint = data_dir / f"checkpoint_{DATE}.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "continue from the last finished epoch with --resume" in stderr
+    assert torch.load(checkpoint, weights_only=True)["epoch"] >= 0

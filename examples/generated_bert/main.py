@@ -70,6 +70,11 @@ def main(argv=None) -> None:
                 launch(train, args)
     except UsageError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        # Checkpoints are written after every epoch, atomically: the last one is whole.
+        print(f"\ninterrupted; continue from the last finished epoch with --resume "
+              f"(checkpoint in {args.output_dir})", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -76,19 +76,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def run_leaving_no_process_group(train_fn, args, gpu) -> None:
+    """train_fn(args, gpu), destroying the process group even when it raises or is
+    interrupted, so that a failed rank does not leave its peers waiting."""
+    try:
+        train_fn(args, gpu)
+    finally:
+        if dist.is_initialized():  # launch() started it; Ray Train calls train() itself
+            dist.destroy_process_group()
+
+
 def launch(train_fn, args) -> None:
     """Run train_fn(args, gpu) once per process of this node."""
     if launched_by_torchrun():
         # torchrun already started one process per rank and set RANK, WORLD_SIZE, ...
-        use_gpu = gpus_to_use(args.gpus) > 0
-        train_fn(args, int(os.environ["LOCAL_RANK"]) if use_gpu else None)
+        local_rank = int(os.environ["LOCAL_RANK"])
+        gpu = local_rank if gpus_to_use(args.gpus) > 0 else None
+        run_leaving_no_process_group(train_fn, args, gpu)
         return
 
     gpus = gpus_to_use(args.gpus)
     procs_per_node = gpus or args.procs
     world_size = procs_per_node * args.nodes
     if world_size == 1:
-        train_fn(args, 0 if gpus else None)
+        run_leaving_no_process_group(train_fn, args, 0 if gpus else None)
         return
 
     if args.nodes > 1 and args.master_port is None:
@@ -118,7 +129,7 @@ def _spawned_process(local_rank: int, train_fn, args, procs_per_node: int, use_g
         LOCAL_WORLD_SIZE=str(procs_per_node),
     )
     try:
-        train_fn(args, local_rank if use_gpus else None)
+        run_leaving_no_process_group(train_fn, args, local_rank if use_gpus else None)
     except UsageError as error:
         sys.exit(f"error: {error}")
 

@@ -1,0 +1,195 @@
+"""Timed training loops, run inside a generated project: python loops.py recommender|bert ARGS.
+
+Prints one JSON object of measurements. Each loop trains the same model on the
+same data for the same number of epochs, with a validation pass per epoch, so
+that the times compare like for like.
+"""
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(2)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def recommender(package: str, data_dir: str, epochs: int, bs: int, dim: int, lightning: bool):
+    main = __import__("main")
+    data = __import__(f"{package}.data", fromlist=["load_split"])
+    model_module = __import__(f"{package}.model", fromlist=["build_model"])
+    args = main.parse_args(["--data_dir", data_dir, "--gpus", "0", "--epochs", str(epochs),
+                            "--bs", str(bs), "--embedding_dim", str(dim)])
+    args.data_date = __import__(f"{package}.files", fromlist=["x"]).newest_data_date(args.data_dir)
+    train_set = data.load_split(args.data_dir, "train", args.data_date)
+    valid_set = data.load_split(args.data_dir, "valid", args.data_date)
+    id_maps = data.load_id_maps(args.data_dir, args.data_date)
+    rows = len(train_set["rating"])
+    results = {"rows_per_epoch": rows, "epochs": epochs}
+
+    def fresh_model():
+        torch.manual_seed(0)
+        return model_module.build_model(args, train_set, id_maps)
+
+    def validate(model):
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(valid_set["rating"]), bs):
+                batch = {k: v[start:start + bs] for k, v in valid_set.items()}
+                model_module.compute_loss(model, batch, reduction="sum")
+        model.train()
+
+    # The generated train(), as `python main.py` runs it (without process start-up).
+    train = __import__(f"{package}.train", fromlist=["train"]).train
+    results["generated_s"] = timed(lambda: train(args))
+
+    # The limit: the fastest loop for this model, with no bar, no files, no per-step sync.
+    def limit():
+        model = fresh_model()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=True)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=args.lr, total_steps=epochs * math.ceil(rows / bs))
+        for _ in range(epochs):
+            order = torch.randperm(rows)
+            for start in range(0, rows, bs):
+                idx = order[start:start + bs]
+                loss = model_module.compute_loss(model, {k: v[idx] for k, v in train_set.items()})
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            validate(model)
+    results["limit_s"] = timed(limit)
+
+    # pytorch-quik's way: a DataLoader over a TensorDataset, Adam without fusing.
+    def seed_loop():
+        from torch.utils.data import DataLoader, TensorDataset
+
+        model = fresh_model()
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        loader = DataLoader(TensorDataset(train_set["user"], train_set["item"], train_set["rating"]),
+                            batch_size=bs, shuffle=True)
+        for _ in range(epochs):
+            for user, item, rating in loader:
+                optimizer.zero_grad()
+                loss = model_module.compute_loss(model, {"user": user, "item": item, "rating": rating})
+                loss.backward()
+                optimizer.step()
+            validate(model)
+    results["seed_loop_s"] = timed(seed_loop)
+
+    if lightning:
+        results["lightning_s"] = lightning_loop(fresh_model, model_module, train_set, valid_set,
+                                                args, epochs, bs)
+    print(json.dumps(results))
+
+
+def lightning_loop(fresh_model, model_module, train_set, valid_set, args, epochs, bs):
+    import lightning as L  # noqa: N812
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = fresh_model()
+
+        def training_step(self, batch, _):
+            user, item, rating = batch
+            return model_module.compute_loss(self.model, {"user": user, "item": item, "rating": rating})
+
+        def validation_step(self, batch, _):
+            user, item, rating = batch
+            return model_module.compute_loss(self.model, {"user": user, "item": item, "rating": rating})
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=args.lr)
+
+    def loader(split, shuffle):
+        tensors = TensorDataset(split["user"], split["item"], split["rating"])
+        return DataLoader(tensors, batch_size=bs, shuffle=shuffle)
+
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=True,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    return timed(lambda: trainer.fit(Module(), loader(train_set, True), loader(valid_set, False)))
+
+
+def bert(package: str, data_dir: str, model_dir: str, epochs: int, bs: int, max_length: int):
+    main = __import__("main")
+    hf = __import__(f"{package}.hf", fromlist=["get_tokenizer"])
+    data = __import__(f"{package}.data", fromlist=["load_texts"])
+    args = main.parse_args(["--data_dir", data_dir, "--gpus", "0", "--epochs", str(epochs),
+                            "--bs", str(bs), "--bert_type", model_dir, "--lr", "1e-3",
+                            "--max_length", str(max_length)])
+    args.data_date = __import__(f"{package}.files", fromlist=["x"]).newest_data_date(args.data_dir)
+    tokenizer = hf.get_tokenizer(model_dir)
+    texts, labels = data.load_texts(args.data_dir, "train", args.data_date)
+    label_names = data.load_label_names(args.data_dir, args.data_date)
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    tokens = sum(len(ids) for ids in encoded) * epochs
+    results = {"tokens": tokens}
+    hf.load_encoded_split(args, tokenizer, "train")  # tokenize once, outside the timings
+    hf.load_encoded_split(args, tokenizer, "valid")
+    hf.load_encoded_split(args, tokenizer, "test")
+
+    train = __import__(f"{package}.train", fromlist=["train"]).train
+    results["generated_s"] = timed(lambda: train(args))
+
+    def fresh():
+        torch.manual_seed(0)
+        return hf.get_pretrained_model(model_dir, label_names)
+
+    def max_pad():  # the same loop, every text padded to max_length
+        model = fresh()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        padded = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length",
+                           return_tensors="pt")
+        targets = torch.tensor(labels)
+        for _ in range(epochs):
+            order = torch.randperm(len(texts))
+            for start in range(0, len(texts), bs):
+                idx = order[start:start + bs]
+                out = model(input_ids=padded["input_ids"][idx],
+                            attention_mask=padded["attention_mask"][idx], labels=targets[idx])
+                out.loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+    results["maxpad_s"] = timed(max_pad)
+
+    def hf_trainer():
+        import tempfile
+
+        from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+        dataset = [{"input_ids": ids, "labels": label} for ids, label in zip(encoded, labels, strict=True)]
+        with tempfile.TemporaryDirectory() as out:
+            Trainer(
+                model=fresh(),
+                args=TrainingArguments(output_dir=out, per_device_train_batch_size=bs,
+                                       num_train_epochs=epochs, learning_rate=1e-3, report_to=[],
+                                       save_strategy="no", logging_strategy="no", use_cpu=True,
+                                       disable_tqdm=True),
+                train_dataset=dataset,
+                data_collator=DataCollatorWithPadding(tokenizer),
+            ).train()
+    results["hf_trainer_s"] = timed(hf_trainer)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path.cwd()))
+    kind, *rest = sys.argv[1:]
+    if kind == "recommender":
+        package, data_dir, epochs, bs, dim, use_lightning = rest
+        recommender(package, data_dir, int(epochs), int(bs), int(dim), use_lightning == "1")
+    else:
+        package, data_dir, model_dir, epochs, bs, max_length = rest
+        bert(package, data_dir, model_dir, int(epochs), int(bs), int(max_length))

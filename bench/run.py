@@ -1,0 +1,164 @@
+"""Side-by-side benchmarks of generated projects: python bench/run.py [--quick] [--json FILE]
+
+Every comparison runs in this one invocation, on the same machine, data and
+number of steps, and is reported as a ratio (higher is better for the
+generated code), never as an absolute time. See BENCHMARKS.md.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import copier
+
+REPO = Path(__file__).resolve().parent.parent
+LOOPS = Path(__file__).with_name("loops.py")
+SIZES = {  # issue 9's reference setting, and a smaller one for a quick look
+    "full": {"users": 10_000, "items": 5_000, "rows": 500_000, "epochs": 3, "texts": 3_000},
+    "quick": {"users": 10_000, "items": 5_000, "rows": 500_000, "epochs": 1, "texts": 1_500},
+}
+
+
+def run(*command, cwd, env=None, timeout=1800) -> str:
+    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, command))} failed:\n{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def render(dest: Path, **answers) -> Path:
+    copier.run_copy(str(REPO / "templates"), dest, data={"project_name": dest.name, **answers},
+                    defaults=True, quiet=True)
+    return dest
+
+
+def wall(*command, cwd, repeat=3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run(*command, cwd=cwd)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def recommender_bench(work: Path, size: dict, report: dict) -> None:
+    project = render(work / "recbench")
+    run(sys.executable, "-m", "recbench.data", "--synthetic", "--rows", size["rows"],
+        "--users", size["users"], "--items", size["items"], cwd=project)
+    try:
+        import lightning  # noqa: F401
+
+        has_lightning = "1"
+    except ImportError:
+        has_lightning = "0"
+    out = run(sys.executable, LOOPS, "recommender", "recbench", project / "data", size["epochs"],
+              1024, 64, has_lightning, cwd=project)
+    times = json.loads(out.strip().splitlines()[-1])
+    samples = times["rows_per_epoch"] * times["epochs"]
+    report["samples_per_s"] = {name.removesuffix("_s"): round(samples / seconds)
+                               for name, seconds in times.items() if name.endswith("_s")}
+    report["vs_limit"] = times["limit_s"] / times["generated_s"]
+    report["vs_seed_loop"] = times["seed_loop_s"] / times["generated_s"]
+    if "lightning_s" in times:
+        report["vs_lightning"] = times["lightning_s"] / times["generated_s"]
+
+    # Start-up: what `python main.py --help` costs beyond importing torch.
+    bare = wall(sys.executable, "-c", "import torch", cwd=project)
+    report["startup_overhead_s"] = wall(sys.executable, "main.py", "--help", cwd=project) - bare
+
+
+def bert_bench(work: Path, size: dict, report: dict) -> None:
+    project = render(work / "bertbench", kind="bert")
+    offline = {"HF_HUB_OFFLINE": "1"}
+    run(sys.executable, "-m", "bertbench.data", "--synthetic", "--rows", size["texts"],
+        cwd=project, env=offline)
+    run(sys.executable, "-m", "bertbench.hf", "--tiny-model", "models/tiny", cwd=project, env=offline)
+    out = run(sys.executable, LOOPS, "bert", "bertbench", project / "data", project / "models/tiny",
+              1, 32, 128, cwd=project, env=offline)
+    times = json.loads(out.strip().splitlines()[-1])
+    report["tokens_per_s"] = {name.removesuffix("_s"): round(times["tokens"] / seconds)
+                              for name, seconds in times.items() if name.endswith("_s")}
+    report["bert_vs_hf_trainer"] = times["hf_trainer_s"] / times["generated_s"]
+    report["bert_vs_maxpad"] = times["maxpad_s"] / times["generated_s"]
+
+
+def inference_bench(work: Path, report: dict) -> None:
+    project = render(work / "servebench", use_serve=True)
+    run(sys.executable, "-m", "servebench.data", "--synthetic", "--rows", 20_000, cwd=project)
+    run(sys.executable, "main.py", "--gpus", "0", "--epochs", "1", cwd=project)
+    run(sys.executable, "-m", "servebench.serve", "build", "--epoch", "0", cwd=project)
+    port = 18500
+    run(sys.executable, "-m", "servebench.serve", "start", "--port", port, cwd=project)
+    try:
+        code = (
+            "import json, sys, time; sys.path.insert(0, '.')\n"
+            "from servebench.api import batch_inference, inference_token\n"
+            f"url = 'http://127.0.0.1:{port}/predictions/servebench'\n"
+            "token = inference_token()\n"
+            "pairs = [{'user': u % 1000, 'item': u % 500} for u in range(2000)]\n"
+            "batch_inference(pairs[:50], batch_size=10, url=url, token=token)  # warm up\n"
+            "t = time.perf_counter(); batch_inference(pairs, batch_size=50, url=url, token=token)\n"
+            "batched = time.perf_counter() - t\n"
+            "t = time.perf_counter(); batch_inference(pairs[:500], batch_size=1, url=url, token=token)\n"
+            "single = (time.perf_counter() - t) * 4\n"
+            "print(json.dumps({'batched_s': batched, 'single_s': single}))\n"
+        )
+        times = json.loads(run(sys.executable, "-c", code, cwd=project).strip().splitlines()[-1])
+    finally:
+        run(sys.executable, "-m", "servebench.serve", "stop", cwd=project)
+    report["records_per_s"] = {"batched": round(2000 / times["batched_s"]),
+                               "one_per_request": round(2000 / times["single_s"])}
+    report["inference_vs_single"] = times["single_s"] / times["batched_s"]
+
+
+def generator_bench(work: Path, report: dict) -> None:
+    env = {"QUIKGEN_HOME": str(work / "quikgen-home")}
+    quikgen = [sys.executable, "-m", "quikgen"]
+    run(*quikgen, "new", "warmup", "--defaults", cwd=work, env=env)  # publishes the template once
+    start = time.perf_counter()
+    run(*quikgen, "new", "timed", "--defaults", cwd=work, env=env)
+    report["quikgen_new_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    run(*quikgen, "update", "timed", cwd=work, env=env)
+    report["quikgen_update_s"] = time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one epoch and fewer texts")
+    parser.add_argument("--json", type=Path, help="write the ratios to this file")
+    parser.add_argument("--only", choices=["recommender", "bert", "inference", "generator"],
+                        action="append", help="run only these parts (repeatable)")
+    args = parser.parse_args()
+    size = SIZES["quick" if args.quick else "full"]
+    parts = args.only or ["recommender", "bert", "inference", "generator"]
+    report = {"size": size}
+    work = Path(tempfile.mkdtemp(prefix="quikgen-bench-"))
+    try:
+        for part in parts:
+            started = time.perf_counter()
+            {"recommender": lambda: recommender_bench(work, size, report),
+             "bert": lambda: bert_bench(work, size, report),
+             "inference": lambda: inference_bench(work, report),
+             "generator": lambda: generator_bench(work, report)}[part]()
+            print(f"{part}: done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        keys = ["vs_limit", "vs_seed_loop", "vs_lightning", "startup_overhead_s",
+                "bert_vs_hf_trainer", "bert_vs_maxpad", "inference_vs_single"]
+        args.json.write_text(json.dumps({key: report[key] for key in keys if key in report},
+                                        indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
