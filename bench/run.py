@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 LOOPS = Path(__file__).with_name("loops.py")
 SIZES = {  # issue 9's reference setting, and a smaller one for a quick look
     "full": {"users": 10_000, "items": 5_000, "rows": 500_000, "epochs": 3, "texts": 3_000},
-    "quick": {"users": 10_000, "items": 5_000, "rows": 500_000, "epochs": 1, "texts": 1_500},
+    "quick": {"users": 10_000, "items": 5_000, "rows": 500_000, "epochs": 3, "texts": 1_500},
 }
 
 
@@ -133,7 +133,7 @@ def generator_bench(work: Path, report: dict) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one epoch and fewer texts")
+    parser.add_argument("--quick", action="store_true", help="fewer texts for the BERT part")
     parser.add_argument("--json", type=Path, help="write the ratios to this file")
     parser.add_argument("--only", choices=["recommender", "bert", "inference", "generator"],
                         action="append", help="run only these parts (repeatable)")

@@ -1,0 +1,94 @@
+"""Bad input gets one line naming the problem and the fix, a non-zero exit, no
+traceback, and nothing of the user's changed. Table-driven, one case per row."""
+
+import os
+import shutil
+
+import pytest
+
+from .conftest import python, quikgen
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("reliable") / "sturdy"
+    assert quikgen("new", str(dest), "--defaults", "--data", "use_serve=true").exit_code == 0
+    python(dest, "-m", "sturdy.data", "--synthetic", "--rows", "3000", "--data_date", "20240131")
+    return dest
+
+
+def assert_one_line_error(result, message, exit_code=None):
+    assert result.returncode != 0 if exit_code is None else result.returncode == exit_code
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+BAD_FLAGS = [
+    (["--epochs", "0"], "--epochs: must be a whole number >= 1"),
+    (["--bs", "-5"], "--bs: must be a whole number >= 1"),
+    (["--lr", "nan"], "must be a number > 0"),
+    (["--lr", "fast"], "invalid positive_float value"),
+    (["--weight_decay", "-1"], "must be a number >= 0"),
+    (["--betas", "0.9,1.5"], "must be two numbers in [0, 1)"),
+    (["--eps", "0"], "must be a number > 0"),
+    (["--clip_grad", "-1"], "must be a number > 0"),
+    (["--accumulate", "0"], "must be a whole number >= 1"),
+    (["--procs", "0"], "must be a whole number >= 1"),
+    (["--nodes", "0"], "must be a whole number >= 1"),
+    (["--gpus", "-1"], "must be a whole number >= 0"),
+    (["--embedding_dim", "0"], "must be a whole number >= 1"),
+    (["--data_date", "2024-01-31"], "must be a date as YYYYMMDD"),
+    (["--precision", "fp8"], "invalid choice: 'fp8'"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
+def test_invalid_numbers_are_refused_by_the_parser(project, flags, message):
+    assert_one_line_error(python(project, "main.py", *flags, check=False), message, exit_code=2)
+
+
+def test_no_prepared_data_names_the_command_that_makes_it(project, tmp_path):
+    result = python(project, "main.py", "--data_dir", str(tmp_path), check=False)
+    assert_one_line_error(result, "run `python -m sturdy.data --synthetic` first", exit_code=1)
+
+
+def test_resume_without_a_checkpoint(project, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(project / "data", data)
+    result = python(project, "main.py", "--data_dir", str(data), "--resume", check=False)
+    assert_one_line_error(result, "--resume: no checkpoint at", exit_code=1)
+
+
+def test_more_nodes_without_a_master_port(project):
+    result = python(project, "main.py", "--gpus", "0", "--nodes", "2", check=False)
+    assert_one_line_error(result, "--nodes > 1 needs --master_port", exit_code=1)
+
+
+def test_serving_without_java_says_how_to_install_it(project, tmp_path):
+    (project / "serve" / "model_store").mkdir(parents=True, exist_ok=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("torchserve",):  # everything the command needs, except java
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    result = python(project, "-m", "sturdy.serve", "start", check=False,
+                    env={"PATH": str(bin_dir)})
+    assert_one_line_error(result, "TorchServe needs Java 17", exit_code=1)
+
+
+def test_an_archive_with_a_missing_file_names_it(project, tmp_path):
+    code = ("from pathlib import Path; from sturdy.serve import create_mar; "
+            f"build = Path('{tmp_path}') / 'build'; build.mkdir(); "
+            "(build / 'handler.py').write_text('');"
+            f"create_mar(build, Path('{tmp_path}') / 'store', 4, 10)")
+    result = python(project, "-c", code, check=False)
+    assert "cannot archive: model.pt2, id_maps.json missing" in result.stderr
+
+
+def test_quikgen_without_git_says_to_install_it_or_skip_git(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no git on it
+    result = quikgen("new", str(tmp_path / "proj"), "--defaults")
+    assert result.exit_code == 1
+    assert "git is not installed; install git, or pass --no-git" in result.output
+    assert not (tmp_path / "proj").exists()
