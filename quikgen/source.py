@@ -128,15 +128,3 @@ def publish(version: str = __version__, template: Path | None = None) -> tuple[P
         _git(repo, "tag", tag)
         return repo, tag
 
-
-def latest_tag(repo: Path) -> str | None:
-    """The newest PEP 440 tag of a template source, as copier update would choose it."""
-    versions = []
-    for tag in _git(repo, "tag", "--list").splitlines():
-        try:
-            version = Version(tag)
-        except InvalidVersion:
-            continue
-        if not version.is_prerelease:
-            versions.append((version, tag))
-    return max(versions)[1] if versions else None
