@@ -21,8 +21,8 @@ import copier
 REPO = Path(__file__).resolve().parent.parent
 LOOPS = Path(__file__).with_name("loops.py")
 SIZES = {  # issue 9's reference setting, and a smaller one for a quick look
-    "full": {"users": 10_000, "items": 5_000, "rows": 500_000, "epochs": 3, "texts": 3_000},
-    "quick": {"users": 10_000, "items": 5_000, "rows": 500_000, "epochs": 3, "texts": 1_500},
+    "full": {"users": 10_000, "items": 5_000, "rows": 500_000, "epochs": 5, "texts": 10_000},
+    "quick": {"users": 10_000, "items": 5_000, "rows": 500_000, "epochs": 3, "texts": 3_000},
 }
 
 

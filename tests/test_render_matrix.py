@@ -30,8 +30,9 @@ VALID = [
                          "use_serve": True}, True),
     ("recommender-everything", {"kind": "recommender", "use_mlflow": True, "use_ray_tune": True,
                                 "use_serve": True}, False),
-    ("recommender-free-text", {"kind": "recommender", "author": 'Ann "The Quoter" O\'Neil\\',
-                               "description": f"Ratings {USER_JINJA} & <stuff> '''"}, False),
+    ("recommender-free-text", {
+        "kind": "recommender", "author": 'Ann "The Quoter" O\'Neil\\',
+        "description": f"Ratings {USER_JINJA} & <stuff> ''' \"\"\" and\na newline"}, False),
 ]
 
 INVALID = [
