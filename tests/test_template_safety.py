@@ -5,7 +5,7 @@ import re
 from .conftest import TEMPLATE
 
 SOURCES = [path for path in (TEMPLATE / "project").rglob("*")
-           if path.is_file() and path.suffix in (".py", ".jinja")]
+           if path.is_file() and (".py" in path.name or path.suffix == ".jinja")]
 
 
 def test_every_torch_load_is_weights_only():
