@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .args import PROJECT_DIR, UsageError, date_type, positive_int
+from .args import PROJECT_DIR, UsageError, apply_defaults, date_type, positive_int
 from .files import load_torch, save_torch
 
 DEFAULT_MODEL = "bert-base-uncased"
@@ -32,9 +32,7 @@ def add_hf_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
     )
     group.add_argument("--max_length", type=positive_int, default=128,
                        help="longest text in tokens, longer ones are cut (default: %(default)s)")
-    if defaults:
-        parser.set_defaults(**defaults)
-    return parser
+    return apply_defaults(parser, defaults)
 
 
 def _transformers():

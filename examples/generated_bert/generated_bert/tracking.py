@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .args import PROJECT_DIR, UsageError
+from .args import PROJECT_DIR, UsageError, apply_defaults
 
 PROJECT_KIND = "bert"
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
@@ -52,9 +52,7 @@ def add_mlflow_args(parser: argparse.ArgumentParser, defaults: dict | None = Non
                        "(default: the project's mlflow.db)")
     group.add_argument("--endpoint_url", default=None,
                        help="S3 endpoint for artifacts, for MinIO and other S3-compatible stores")
-    if defaults:
-        parser.set_defaults(**defaults)
-    return parser
+    return apply_defaults(parser, defaults)
 
 
 def import_mlflow():

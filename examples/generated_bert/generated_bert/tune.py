@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .args import PROJECT_DIR, UsageError, positive_int
+from .args import PROJECT_DIR, UsageError, apply_defaults, positive_int
 from .files import data_file, write_atomically
 
 # sampler name -> the arguments it takes, as in ray.tune's functions of that name.
@@ -61,9 +61,7 @@ def add_ray_tune_args(parser: argparse.ArgumentParser, defaults: dict | None = N
     group.add_argument("--config", type=Path, default=None,
                        help="YAML of argument values to train with, such as a saved "
                        "data/best_config_{date}.yaml; command-line flags still win")
-    if defaults:
-        parser.set_defaults(**defaults)
-    return parser
+    return apply_defaults(parser, defaults)
 
 
 def _number(key: str, name: str, value, whole: bool = False):

@@ -70,7 +70,9 @@ def date_type(text: str) -> str:
     return text
 
 
-def _apply_defaults(parser: argparse.ArgumentParser, defaults: dict | None):
+def apply_defaults(parser: argparse.ArgumentParser, defaults: dict | None):
+    """parser.set_defaults(**defaults), refusing names no flag has (a typo would
+    otherwise be ignored); returns the parser, as every add_*_args does."""
     if not defaults:
         return parser
     known = {action.dest for action in parser._actions}
@@ -117,7 +119,7 @@ def add_ddp_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
         help="accepted for launchers that pass it (torch.distributed.launch); the ranks are "
         "read from the environment that torchrun sets",
     )
-    return _apply_defaults(parser, defaults)
+    return apply_defaults(parser, defaults)
 
 
 def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
@@ -189,4 +191,4 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
         "--find_unused_parameters", action="store_true",
         help="let DDP tolerate parameters that get no gradient in a step",
     )
-    return _apply_defaults(parser, defaults)
+    return apply_defaults(parser, defaults)
