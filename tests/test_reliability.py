@@ -92,3 +92,18 @@ def test_quikgen_without_git_says_to_install_it_or_skip_git(tmp_path, monkeypatc
     assert result.exit_code == 1
     assert "git is not installed; install git, or pass --no-git" in result.output
     assert not (tmp_path / "proj").exists()
+
+
+def test_serving_on_ports_in_use_names_them(project, tmp_path):
+    import socket
+
+    store = project / "serve" / "model_store"
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "sturdy.mar").touch()  # the port check comes before TorchServe reads it
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = python(project, "-m", "sturdy.serve", "start", "--port", str(port), check=False)
+    assert_one_line_error(result, f"port(s) in use: inference {port}", exit_code=1)
+    assert "pick another --port" in result.stderr
