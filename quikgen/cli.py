@@ -249,7 +249,7 @@ def update(
         raise fail(copier_message(error)) from None
 
     changed, conflicts = dirty_files(dest), conflicted_files(dest)
-    now = (yaml.safe_load((dest / ANSWERS_FILE).read_text()) or {}).get("_commit")
+    now = read_answers(dest)["_commit"]
     typer.echo(f"Updated {dest} from template {current} to {now}: {len(changed)} file(s) changed.")
     for path in changed:
         typer.echo(f"  {'conflict' if path in conflicts else 'changed '}  {path}")
