@@ -100,14 +100,13 @@ def inference_bench(work: Path, report: dict) -> None:
     try:
         code = (
             "import json, sys, time; sys.path.insert(0, '.')\n"
-            "from servebench.api import batch_inference, inference_token\n"
+            "from servebench.api import batch_inference\n"
             f"url = 'http://127.0.0.1:{port}/predictions/servebench'\n"
-            "token = inference_token()\n"
             "pairs = [{'user': u % 1000, 'item': u % 500} for u in range(2000)]\n"
-            "batch_inference(pairs[:50], batch_size=10, url=url, token=token)  # warm up\n"
-            "t = time.perf_counter(); batch_inference(pairs, batch_size=50, url=url, token=token)\n"
+            "batch_inference(pairs[:50], batch_size=10, url=url)  # warm up\n"
+            "t = time.perf_counter(); batch_inference(pairs, batch_size=50, url=url)\n"
             "batched = time.perf_counter() - t\n"
-            "t = time.perf_counter(); batch_inference(pairs[:500], batch_size=1, url=url, token=token)\n"
+            "t = time.perf_counter(); batch_inference(pairs[:500], batch_size=1, url=url)\n"
             "single = (time.perf_counter() - t) * 4\n"
             "print(json.dumps({'batched_s': batched, 'single_s': single}))\n"
         )

@@ -59,6 +59,17 @@ def metrics(data_dir):
     return [(int(line.split(",")[0]), float(line.split(",")[2])) for line in lines]
 
 
+def start_until_checkpoint(project, data_dir, command, **popen_kwargs):
+    """Start a training command; return it once epoch 0's checkpoint has landed."""
+    process = subprocess.Popen(command, cwd=project, **popen_kwargs)
+    checkpoint = data_dir / f"checkpoint_{DATE}.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+    return process, checkpoint
+
+
 def assert_same_weights(a, b, atol=1e-5):
     assert a.keys() == b.keys()
     for key in a:
@@ -108,12 +119,9 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(project, data
     train(project, uninterrupted, *args)
 
     command = [sys.executable, "main.py", "--data_dir", str(data_dir), "--gpus", "0", *args]
-    process = subprocess.Popen(command, cwd=project, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    checkpoint = data_dir / f"checkpoint_{DATE}.pt"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    process, checkpoint = start_until_checkpoint(project, data_dir, command,
+                                                 stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL)
     os.kill(process.pid, signal.SIGKILL)  # during epoch 2: epoch 1's checkpoint just landed
     process.wait()
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 0
@@ -212,14 +220,66 @@ def test_ctrl_c_keeps_the_checkpoint_and_exits_130(project, data_dir, procs):
     command = [sys.executable, "main.py", "--data_dir", str(data_dir), "--gpus", "0",
                "--epochs", "50", "--bs", "16", "--procs", procs]
     # A new session, signalled as a whole: what Ctrl-C in a terminal does.
-    process = subprocess.Popen(command, cwd=project, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    checkpoint = data_dir / f"checkpoint_{DATE}.pt"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    process, checkpoint = start_until_checkpoint(
+        project, data_dir, command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "continue from the last finished epoch with --resume" in stderr
     assert torch.load(checkpoint, weights_only=True)["epoch"] >= 0
+
+
+def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one(project, data_dir):
+    # A large embedding makes each checkpoint ~70 MB, so its write takes a while.
+    args = ["--epochs", "4", "--embedding_dim", "20000"]
+    command = [sys.executable, "main.py", "--data_dir", str(data_dir), "--gpus", "0", *args]
+    process, checkpoint = start_until_checkpoint(project, data_dir, command,
+                                                 stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL)
+    # Kill as soon as epoch 1's checkpoint starts to be written.
+    writing, deadline = [], time.monotonic() + 120
+    while not writing and process.poll() is None and time.monotonic() < deadline:
+        writing = list(data_dir.glob(f".{checkpoint.name}.*.tmp"))
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert writing and writing[0].exists(), "the kill came after the write finished"
+    assert writing[0].stat().st_size < checkpoint.stat().st_size  # cut off mid-write
+
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 0
+    result = train(project, data_dir, *args, "--resume")
+    assert "resuming after epoch 0" in result.stdout
+    assert [epoch for epoch, _ in metrics(data_dir)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("launcher", ["procs", "torchrun"])
+def test_a_rank_killed_by_a_signal_ends_the_job_quickly(project, data_dir, launcher):
+    import psutil
+
+    args = ["main.py", "--data_dir", str(data_dir), "--gpus", "0", "--epochs", "50", "--bs", "16"]
+    if launcher == "procs":
+        command = [sys.executable, *args, "--procs", "2"]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc-per-node", "2", *args]
+    process, checkpoint = start_until_checkpoint(project, data_dir, command,
+                                                 stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.PIPE, text=True)
+    # The ranks are the launcher's children that run Python (spawn also starts a
+    # resource tracker, which is not a rank); rank 1 starts after rank 0.
+    ranks = [child for child in psutil.Process(process.pid).children()
+             if "resource_tracker" not in " ".join(child.cmdline())]
+    assert len(ranks) == 2
+    killed_at = time.monotonic()
+    max(ranks, key=lambda child: child.pid).kill()  # SIGKILL: no Python handler runs
+
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert time.monotonic() - killed_at < 60
+    assert not [rank for rank in ranks if rank.is_running() and rank.status() != "zombie"]
+    if launcher == "procs":
+        # After it, Python's resource tracker may warn of the dead rank's semaphores.
+        assert ("error: training process 1 was killed by SIGKILL; the others were stopped"
+                in stderr.splitlines())
+        assert "Traceback" not in stderr
+    assert torch.load(checkpoint, weights_only=True)["epoch"] >= 0  # nothing written is lost

@@ -5,6 +5,7 @@ import json
 import socket
 import sys
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -72,7 +73,7 @@ def test_bert_end_to_end_through_torchserve(tmp_path, served):
     texts = (pd.read_csv(test_csv)["text"].tolist() * 2)[:100]
     api = import_api(project, "served_bert")
     scored = api.batch_inference(texts, batch_size=16, url=url, workers=3,
-                                 token=api.inference_token(project / "serve" / "key_file.json"))
+                                 key_file=project / "serve" / "key_file.json")
     assert list(scored.index) == list(range(100))
     assert scored["text"].tolist() == texts
 
@@ -86,27 +87,72 @@ def test_bert_end_to_end_through_torchserve(tmp_path, served):
     assert scored["label"].tolist() == [model.config.id2label[i] for i in local]
 
 
-def test_recommender_end_to_end_through_torchserve(tmp_path, served):
-    project = tmp_path / "served-recs"
+@pytest.fixture(scope="module")
+def recommender_archive(tmp_path_factory):
+    """A trained recommender with its TorchServe archive built."""
+    project = tmp_path_factory.mktemp("serving") / "served-recs"
     assert quikgen("new", str(project), "--defaults", "--data", "use_serve=true").exit_code == 0
     python(project, "-m", "served_recs.data", "--synthetic", "--rows", "5000", "--users", "60",
            "--items", "40")
     python(project, "main.py", "--gpus", "0", "--epochs", "2")
     python(project, "-m", "served_recs.serve", "build", "--epoch", "1")
+    return project
+
+
+def local_ratings(project, pairs) -> torch.Tensor:
+    """What the archived model predicts in this process, without the server."""
+    exported = torch.export.load(project / "serve" / "build" / "model.pt2").module()
+    with torch.no_grad():
+        return exported(torch.tensor([p["user"] for p in pairs]),
+                        torch.tensor([p["item"] for p in pairs]))
+
+
+def test_recommender_end_to_end_through_torchserve(recommender_archive, served):
+    project = recommender_archive
     url = served(project, "served_recs")
 
     pairs = [{"user": user, "item": item} for user in range(10) for item in range(10)]
     api = import_api(project, "served_recs")
     scored = api.batch_inference(pairs, batch_size=7, url=url, workers=4,
-                                 token=api.inference_token(project / "serve" / "key_file.json"))
+                                 key_file=project / "serve" / "key_file.json")
     assert list(scored.index) == list(range(100))
     assert scored[["user", "item"]].to_dict("records") == pairs
+    torch.testing.assert_close(torch.tensor(scored["rating"].tolist()),
+                               local_ratings(project, pairs), atol=1e-5, rtol=0)
 
-    exported = torch.export.load(project / "serve" / "build" / "model.pt2").module()
-    with torch.no_grad():
-        local = exported(torch.tensor([p["user"] for p in pairs]),
-                         torch.tensor([p["item"] for p in pairs]))
-    torch.testing.assert_close(torch.tensor(scored["rating"].tolist()), local, atol=1e-5, rtol=0)
+
+def test_torchserve_restarted_mid_run_loses_and_repeats_no_record(recommender_archive, served):
+    project = recommender_archive
+    url = served(project, "served_recs")
+    port = url.split(":")[2].split("/")[0]
+    api = import_api(project, "served_recs")
+    pairs = [{"user": i % 60, "item": i % 40} for i in range(3000)]
+    outcome = {}
+
+    def score_all():
+        try:
+            # Retries back off 0.5, 1, 2, 4, ... s: 10 outlast a TorchServe restart.
+            outcome["scored"] = api.batch_inference(
+                pairs, batch_size=5, url=url, workers=2, retries=10,
+                key_file=project / "serve" / "key_file.json")
+        except Exception as error:  # reported below, in the test's thread
+            outcome["error"] = error
+
+    client = threading.Thread(target=score_all)
+    client.start()
+    time.sleep(1)  # the client is scoring: 600 requests take several seconds
+    python(project, "-m", "served_recs.serve", "stop")
+    assert client.is_alive(), "the client finished before the server stopped"
+    # The restarted server has new tokens; the client reads them from key_file.json.
+    python(project, "-m", "served_recs.serve", "start", "--port", port)
+    client.join(timeout=600)
+
+    assert "error" not in outcome, outcome.get("error")
+    scored = outcome["scored"]
+    assert list(scored.index) == list(range(len(pairs)))  # each record once, in order
+    assert scored[["user", "item"]].to_dict("records") == pairs
+    torch.testing.assert_close(torch.tensor(scored["rating"].tolist()),
+                               local_ratings(project, pairs), atol=1e-5, rtol=0)
 
 
 class FlakyServer(http.server.BaseHTTPRequestHandler):

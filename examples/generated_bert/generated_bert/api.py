@@ -4,12 +4,18 @@ order: the text, the predicted label, and each label's probability and logit.
 
 Records travel in batches (one request each), at most --workers requests at a
 time. A request the server answers 500, 503 or 507, or that cannot connect, is
-retried with backoff. Nothing is lost silently: if a batch still fails, the
-scored records are written and the error names the records that were not.
+retried with backoff, so a TorchServe restarted mid-run only slows the run down.
+Each request reads the token from key_file.json, and one the server refuses
+is retried, since a restarted TorchServe writes new tokens. Rows are placed by
+record index, so a batch retried after the server scored it still appears once.
+Nothing is lost silently: if a batch still fails, the scored records are written
+and the error names the records that were not.
 """
 
 import argparse
+import json
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,14 +49,20 @@ def session_with_retries(retries: int, workers: int) -> requests.Session:
     return session
 
 
-def inference_token(key_file: Path = KEY_FILE) -> str | None:
+def inference_token(key_file: Path | None = KEY_FILE) -> str | None:
     """The inference token TorchServe wrote when it started, if it did."""
-    import json
-
+    if key_file is None:
+        return None
     try:
         return json.loads(Path(key_file).read_text())["inference"]["key"]
     except (OSError, ValueError, KeyError):
         return None
+
+
+def token_refused(response: requests.Response) -> bool:
+    # TorchServe answers a missing, wrong or expired token with 400 InvalidKeyException.
+    return response.status_code == 401 or (
+        response.status_code == 400 and "InvalidKeyException" in response.text)
 
 
 def ranges(indices: list[int]) -> str:
@@ -67,17 +79,30 @@ def ranges(indices: list[int]) -> str:
 
 def batch_inference(records: list, index_labels: list[str] | None = None, batch_size: int = 50,
                     url: str = DEFAULT_URL, workers: int = 4, retries: int = 5,
-                    token: str | None = None, timeout: float = 60) -> pd.DataFrame:
+                    key_file: Path | None = KEY_FILE, timeout: float = 60) -> pd.DataFrame:
     """Score ``records`` (texts) in batches: a row per record, in order.
-    ``index_labels`` orders the probability and logit columns (default: as served)."""
+    ``index_labels`` orders the probability and logit columns (default: as served).
+    ``key_file`` is the key_file.json of a TorchServe started with token authorization
+    (None for a server without it)."""
     session = session_with_retries(retries, workers)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     starts = list(range(0, len(records), batch_size))
+
+    def post(batch: list) -> requests.Response:
+        for attempt in range(retries + 1):
+            token = inference_token(key_file)
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            response = session.post(url, json=batch, headers=headers, timeout=timeout)
+            if not token_refused(response) or key_file is None or attempt == retries:
+                return response
+            # A restarted TorchServe writes new tokens a moment after it starts listening.
+            time.sleep(0.5 * 2 ** attempt)
 
     def score(start: int):
         try:
-            response = session.post(url, json=records[start:start + batch_size],
-                                    headers=headers, timeout=timeout)
+            response = post(records[start:start + batch_size])
+            if token_refused(response):
+                return None, f"{url} refused the token in {key_file}; pass the key_file.json " \
+                    "of the server you query (--key_file)"
             response.raise_for_status()
             return response.json(), None
         except requests.ConnectionError:
@@ -136,7 +161,7 @@ def main(argv=None):
     try:
         scored = batch_inference(records, batch_size=args.batch_size, url=args.url,
                                  workers=args.workers, retries=args.retries,
-                                 token=inference_token(args.key_file))
+                                 key_file=args.key_file)
     except BatchInferenceError as error:
         error.scored.to_csv(args.out)
         sys.exit(f"error: {error}; the {len(error.scored)} scored records are in {args.out}")

@@ -115,9 +115,12 @@ def launch(train_fn, args) -> None:
         mp.spawn(_spawned_process, args=(train_fn, args, procs_per_node, gpus > 0),
                  nprocs=procs_per_node)
     except mp.ProcessExitedException as error:
-        # spawn stops the other processes as soon as one fails; this one said why.
-        raise LaunchError(f"training process {error.error_index} exited with code "
-                          f"{error.exit_code}; the others were stopped") from None
+        # spawn stops the other processes as soon as one fails. One that raised
+        # printed why; one killed by a signal (the OOM killer, kill -9) could not.
+        how = (f"was killed by {error.signal_name}" if error.signal_name
+               else f"exited with code {error.exit_code}")
+        raise LaunchError(f"training process {error.error_index} {how}; "
+                          "the others were stopped") from None
 
 
 def _spawned_process(local_rank: int, train_fn, args, procs_per_node: int, use_gpus: bool) -> None:
