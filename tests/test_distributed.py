@@ -133,8 +133,14 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(project, data
     assert_same_weights(weights(data_dir, 3), weights(uninterrupted, 3), atol=0)
 
 
-def test_resume_with_a_corrupt_checkpoint_is_a_one_line_error(project, data_dir):
-    (data_dir / f"checkpoint_{DATE}.pt").write_bytes(b"PK\x03\x04 truncated")
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_resume_with_a_corrupt_checkpoint_is_a_one_line_error(project, data_dir, damage):
+    checkpoint = data_dir / f"checkpoint_{DATE}.pt"
+    if damage == "truncated":  # a real checkpoint, cut off half way
+        train(project, data_dir, "--epochs", "2")
+        checkpoint.write_bytes(checkpoint.read_bytes()[:checkpoint.stat().st_size // 2])
+    else:
+        checkpoint.write_bytes(b"PK\x03\x04 not a checkpoint")
     result = train(project, data_dir, "--epochs", "2", "--resume", check=False)
     assert result.returncode == 1
     assert "is not a readable checkpoint" in result.stderr

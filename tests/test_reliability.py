@@ -29,7 +29,7 @@ BAD_FLAGS = [
     (["--epochs", "0"], "--epochs: must be a whole number >= 1"),
     (["--bs", "-5"], "--bs: must be a whole number >= 1"),
     (["--lr", "nan"], "must be a number > 0"),
-    (["--lr", "fast"], "invalid positive_float value"),
+    (["--lr", "fast"], "--lr: must be a number > 0, got fast"),
     (["--weight_decay", "-1"], "must be a number >= 0"),
     (["--betas", "0.9,1.5"], "must be two numbers in [0, 1)"),
     (["--eps", "0"], "must be a number > 0"),
@@ -41,12 +41,45 @@ BAD_FLAGS = [
     (["--embedding_dim", "0"], "must be a whole number >= 1"),
     (["--data_date", "2024-01-31"], "must be a date as YYYYMMDD"),
     (["--precision", "fp8"], "invalid choice: 'fp8'"),
+    (["--master_port", "70000"], "must be a port from 1 to 65535"),
 ]
 
 
 @pytest.mark.parametrize(("flags", "message"), BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
 def test_invalid_numbers_are_refused_by_the_parser(project, flags, message):
     assert_one_line_error(python(project, "main.py", *flags, check=False), message, exit_code=2)
+
+
+BAD_DATA_FLAGS = [
+    (["--rows", "0"], "--rows: must be a whole number >= 1, got 0"),
+    (["--users", "-3"], "--users: must be a whole number >= 1"),
+    (["--items", "many"], "--items: must be a whole number >= 1, got many"),
+    (["--valid_frac", "1.5"], "--valid_frac: must be a fraction between 0 and 1"),
+    (["--test_frac", "none"], "--test_frac: must be a fraction between 0 and 1"),
+    (["--seed", "x"], "--seed: invalid int value: 'x'"),
+    (["--data_date", "31-01-2024"], "--data_date: must be a date as YYYYMMDD"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD_DATA_FLAGS,
+                         ids=[" ".join(f) for f, _ in BAD_DATA_FLAGS])
+def test_invalid_numbers_are_refused_by_the_data_command(project, tmp_path, flags, message):
+    result = python(project, "-m", "sturdy.data", "--synthetic", "--data_dir", str(tmp_path),
+                    *flags, check=False)
+    assert_one_line_error(result, message, exit_code=2)
+    assert not list(tmp_path.iterdir())
+
+
+def test_fractions_that_leave_no_training_rows_are_refused(project, tmp_path):
+    result = python(project, "-m", "sturdy.data", "--synthetic", "--data_dir", str(tmp_path),
+                    "--valid_frac", "0.6", "--test_frac", "0.5", check=False)
+    assert_one_line_error(result, "too few to split into train, valid and test", exit_code=1)
+    assert not list(tmp_path.iterdir())
+
+
+def test_serving_on_a_port_out_of_range_is_refused(project):
+    result = python(project, "-m", "sturdy.serve", "start", "--port", "65533", check=False)
+    assert_one_line_error(result, "--port: must be a port from 1 to 65531", exit_code=2)
 
 
 def test_no_prepared_data_names_the_command_that_makes_it(project, tmp_path):

@@ -22,32 +22,26 @@ class UsageError(Exception):
     diverging loss); shown as one line, without a traceback."""
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
-    return value
+def checked(convert, accept, requirement: str):
+    """An argparse type: convert(text), refused unless accept(value), so that a bad
+    value is named with what it must be rather than as "invalid int value"."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):  # nan fails every comparison
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
+positive_int = checked(int, lambda value: value >= 1, "a whole number >= 1")
+non_negative_int = checked(int, lambda value: value >= 0, "a whole number >= 0")
+positive_float = checked(float, lambda value: value > 0, "a number > 0")
+non_negative_float = checked(float, lambda value: value >= 0, "a number >= 0")
+fraction = checked(float, lambda value: 0 < value < 1, "a fraction between 0 and 1")
+port = checked(int, lambda value: 1 <= value <= 65535, "a port from 1 to 65535")
 
 
 def betas_type(text: str) -> tuple[float, float]:
@@ -110,7 +104,7 @@ def add_ddp_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
         help="address of node 0, reachable from every node (default: %(default)s)",
     )
     group.add_argument(
-        "--master_port", type=positive_int, default=None,
+        "--master_port", type=port, default=None,
         help="port on node 0 for the rendezvous; required with --nodes > 1, "
         "a free port is picked for single-node jobs",
     )

@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from .args import PROJECT_DIR, date_type, positive_int
+from .args import PROJECT_DIR, date_type, fraction, positive_int
 from .files import data_file, today, write_atomically
 
 # Labels sort by name, so the same label set always gets the same indices.
@@ -102,6 +102,9 @@ def split(texts: list[str], labels: list[str], valid_frac: float, test_frac: flo
         parts["valid"] += rows[:n_valid]
         parts["test"] += rows[n_valid:n_valid + n_test]
         parts["train"] += rows[n_valid + n_test:]
+    if not parts["valid"] or not parts["test"]:
+        raise DataError(f"{len(texts)} rows are too few to hold out a valid and a test set; "
+                        "add examples or raise --valid_frac/--test_frac")
     splits = {}
     for name, rows in parts.items():
         rng.shuffle(rows)
@@ -138,13 +141,6 @@ def load_label_names(data_dir: Path, data_date: str) -> list[str]:
     return [names[str(i)] for i in range(len(names))]
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1, got {text}")
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog=f"python -m {__package__}.data",
@@ -157,9 +153,9 @@ def parse_args(argv=None):
                         help="CSV with text,label columns; labels may be any strings")
     parser.add_argument("--rows", type=positive_int, default=3_000,
                         help="texts to generate with --synthetic (default: %(default)s)")
-    parser.add_argument("--valid_frac", type=_fraction, default=0.1,
+    parser.add_argument("--valid_frac", type=fraction, default=0.1,
                         help="share of each label held out for validation (default: %(default)s)")
-    parser.add_argument("--test_frac", type=_fraction, default=0.1,
+    parser.add_argument("--test_frac", type=fraction, default=0.1,
                         help="share of each label held out for testing (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42,
                         help="seed for generation and the split (default: %(default)s)")

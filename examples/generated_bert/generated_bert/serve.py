@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .args import PROJECT_DIR, UsageError, date_type, positive_int
+from .args import PROJECT_DIR, UsageError, checked, date_type, positive_int
 from .files import data_file, find_data_date, write_atomically
 
 SERVE_DIR = PROJECT_DIR / "serve"
@@ -86,6 +86,10 @@ def create_mar(build_dir: Path, model_store: Path, batch_size: int, max_batch_de
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise UsageError(f"torch-model-archiver failed (exit {result.returncode}): {last}")
     return mar
+
+
+BASE_PORT = checked(int, lambda port: 1 <= port <= 65535 - 4,
+                    "a port from 1 to 65531: TorchServe takes it and the next four")
 
 
 def ports(base: int) -> dict[str, int]:
@@ -202,7 +206,7 @@ def parse_args(argv=None):
                        help="take the state dict from the one MLflow run this filter matches, "
                        "e.g. \"attributes.run_name = 'baseline'\"")
     begin = commands.add_parser("start", help="start TorchServe on 127.0.0.1 with the archive")
-    begin.add_argument("--port", type=positive_int, default=8080,
+    begin.add_argument("--port", type=BASE_PORT, default=8080,
                        help="inference port; management, metrics and gRPC take the next four "
                        "(default: %(default)s)")
     begin.add_argument("--disable_token_auth", action="store_true",

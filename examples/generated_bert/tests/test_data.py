@@ -37,8 +37,11 @@ def test_csv_with_quotes_commas_and_any_label_strings(tmp_path):
     ("content", "message"),
     [
         ("", "is empty"),
+        ("text,label\n", "has a header but no rows"),
         ("review,label\nok,pos\n", "has no text column"),
+        ("text,label\nfine,pos\n,neg\n", "line 3: empty text or label"),
         ("text,label\n" + "fine,pos\n" * 10, "only one label"),
+        ("text,label\n" + "fine,pos\nawful,neg\n" * 3, "6 rows are too few"),
     ],
 )
 def test_bad_csv_is_a_one_line_error(tmp_path, content, message):
@@ -48,3 +51,8 @@ def test_bad_csv_is_a_one_line_error(tmp_path, content, message):
         prepare(tmp_path, "--csv", str(csv))
     assert message in str(exit_info.value)
     assert not list(tmp_path.glob("*_text_*.csv"))
+
+
+def test_a_missing_csv_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="no such file: .*absent.csv; pass the path"):
+        prepare(tmp_path, "--csv", str(tmp_path / "absent.csv"))
