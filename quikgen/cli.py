@@ -37,18 +37,38 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+# What copier reads as a yes or a no; anything else would be silently misread.
+BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
+            "false": False, "no": False, "off": False, "0": False}
+
+
+def template_questions() -> dict[str, dict]:
+    """The questions of quikgen's own template, by name."""
+    spec = yaml.safe_load((bundled_template() / "copier.yml").read_text())
+    return {name: question for name, question in spec.items() if not name.startswith("_")}
+
+
 def kinds() -> dict[str, str]:
     """Project kinds and their descriptions, read from the template's questions."""
-    questions = yaml.safe_load((bundled_template() / "copier.yml").read_text())
-    return {value: label.split(": ", 1)[-1] for label, value in questions["kind"]["choices"].items()}
+    choices = template_questions()["kind"]["choices"]
+    return {value: label.split(": ", 1)[-1] for label, value in choices.items()}
 
 
-def parse_data(pairs: list[str]) -> dict[str, str]:
+def parse_data(pairs: list[str], questions: dict[str, dict] | None) -> dict:
+    """--data KEY=VALUE pairs as answers, checked against ``questions`` when the
+    template's questions are known: copier ignores an unknown key without a word."""
     data = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise UserError(f"--data {pair!r} is not KEY=VALUE; write it like --data use_mlflow=true")
+        if questions is not None and key not in questions:
+            raise UserError(f"--data {key}: the template asks no such question; "
+                            f"it asks {', '.join(questions)}")
+        if questions is not None and questions[key].get("type") == "bool":
+            if value.lower() not in BOOLEANS:
+                raise UserError(f"--data {pair}: answer {key}=true or {key}=false")
+            value = BOOLEANS[value.lower()]
         data[key] = value
     return data
 
@@ -126,7 +146,7 @@ def new(
     """Create a new training project in DEST."""
     try:
         check_destination(dest)
-        answers = parse_data(data)
+        answers = parse_data(data, template_questions() if template is None else None)
         known = kinds()
         if kind not in known:
             raise UserError(f"unknown kind {kind!r}; choose one of: {', '.join(known)}")
@@ -223,7 +243,9 @@ def update(
         src, current = str(recorded["_src_path"]), str(recorded["_commit"])
         # Projects made by quikgen update to this quikgen's own template version;
         # projects from another source update to that source's newest tag.
-        target = publish()[1] if Path(src).expanduser().resolve() == source_dir() else newest_tag(src)
+        own_source = Path(src).expanduser().resolve() == source_dir()
+        answers = parse_data(data, template_questions() if own_source else None)
+        target = publish()[1] if own_source else newest_tag(src)
         if check:
             if target and Version(target) > Version(current):
                 typer.echo(f"{dest}: template {target} is available (the project is at {current}); "
@@ -241,7 +263,7 @@ def update(
         dirty = dirty_files(dest)
         if dirty:
             raise UserError(f"commit or stash your changes first; uncommitted: {', '.join(dirty)}")
-        copier.run_update(str(dest), data=parse_data(data), vcs_ref=target, defaults=True,
+        copier.run_update(str(dest), data=answers, vcs_ref=target, defaults=True,
                           overwrite=True, conflict="inline", quiet=True, unsafe=False)
     except (UserError, SourceError) as error:
         raise fail(str(error)) from None

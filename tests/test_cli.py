@@ -144,6 +144,8 @@ def test_a_changed_template_gets_a_new_tag_and_an_unchanged_one_reuses_it(tmp_pa
         (["--data", "package_name=my-pkg!"], "package_name must be a lowercase Python identifier"),
         (["--data", "package_name=torch"], "would shadow the module of that name"),
         (["--data", "package_name"], "--data 'package_name' is not KEY=VALUE"),
+        (["--data", "use_mlfow=true"], "--data use_mlfow: the template asks no such question"),
+        (["--data", "use_mlflow=maybe"], "answer use_mlflow=true or use_mlflow=false"),
         (["--kind", "gan"], "unknown kind 'gan'; choose one of: recommender, bert"),
     ],
 )
@@ -188,6 +190,17 @@ def test_update_outside_a_project_is_refused(tmp_path):
     result = quikgen("update", str(tmp_path))
     assert result.exit_code == 1
     assert "is not a quikgen project" in result.output
+
+
+def test_update_refuses_an_answer_to_no_question_and_changes_nothing(tmp_path):
+    project = tmp_path / "proj"
+    assert quikgen("new", str(project), "--defaults").exit_code == 0
+    answers = (project / ".copier-answers.yml").read_text()
+    result = quikgen("update", str(project), "--data", "use_serving=true")
+    assert result.exit_code == 1
+    assert "--data use_serving: the template asks no such question; it asks project_name" \
+        in result.output
+    assert (project / ".copier-answers.yml").read_text() == answers
 
 
 def test_update_refuses_a_dirty_tree_and_names_the_files(tmp_path):
