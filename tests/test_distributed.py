@@ -133,6 +133,15 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(project, data
     assert_same_weights(weights(data_dir, 3), weights(uninterrupted, 3), atol=0)
 
 
+def test_resume_with_another_batch_size_is_refused_before_training(project, data_dir):
+    train(project, data_dir, "--epochs", "2", "--bs", "128")
+    result = train(project, data_dir, "--epochs", "2", "--bs", "64", "--resume", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --resume: {data_dir / f'checkpoint_{DATE}.pt'} took 80 steps per epoch, this "
+        "run would take 160; resume with that run's --bs, --accumulate and number of processes")
+
+
 @pytest.mark.parametrize("damage", ["truncated", "foreign"])
 def test_resume_with_a_corrupt_checkpoint_is_a_one_line_error(project, data_dir, damage):
     checkpoint = data_dir / f"checkpoint_{DATE}.pt"

@@ -103,7 +103,7 @@ def train(args, gpu=None):
     checkpoint_file = checkpoint_path(args.output_dir, args.data_date)
     metrics, first_epoch = [], 0
     if args.resume:
-        checkpoint = load_checkpoint(checkpoint_file, world.device, args.epochs)
+        checkpoint = load_checkpoint(checkpoint_file, world.device, args.epochs, steps_per_epoch)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -181,7 +181,8 @@ def train(args, gpu=None):
             save_state_dict(model, args.output_dir, epoch, args.data_date)
             save_checkpoint(checkpoint_file, model=model, optimizer=optimizer,
                             scheduler=scheduler, scaler=scaler, epoch=epoch,
-                            epochs=args.epochs, metrics=metrics)
+                            epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+                            metrics=metrics)
         if args.use_ray_tune:  # a trial of a search: ASHA may stop it here
             report_epoch(args, {**metrics[-1], "world_size": world.world_size})
         if tracker:

@@ -41,7 +41,7 @@ def checkpoint_path(data_dir: Path, data_date: str) -> Path:
 
 
 def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: int,
-                    epochs: int, metrics: list[dict]) -> Path:
+                    epochs: int, steps_per_epoch: int, metrics: list[dict]) -> Path:
     """Everything that decides what happens after ``epoch``. The data order needs
     no state: each epoch's shuffle is seeded by --seed and the epoch number."""
     rng = {"torch": torch.get_rng_state()}
@@ -54,13 +54,17 @@ def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: i
         "scaler": scaler.state_dict(),
         "epoch": epoch,
         "epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
         "metrics": metrics,
         "rng": rng,
     }, path)
 
 
-def load_checkpoint(path: Path, device: torch.device | str, epochs: int) -> dict:
-    """The checkpoint at ``path``, checked to belong to an ``epochs``-epoch run."""
+def load_checkpoint(path: Path, device: torch.device | str, epochs: int,
+                    steps_per_epoch: int | None = None) -> dict:
+    """The checkpoint at ``path``, checked to belong to an ``epochs``-epoch run with
+    ``steps_per_epoch`` optimizer steps per epoch (when given): the learning-rate
+    schedule was laid out for that many steps in all."""
     if not path.is_file():
         raise UsageError(f"--resume: no checkpoint at {path}; train without --resume first")
     try:
@@ -74,6 +78,12 @@ def load_checkpoint(path: Path, device: torch.device | str, epochs: int) -> dict
         raise UsageError(
             f"--resume: {path} is from a {checkpoint.get('epochs')}-epoch run; "
             f"pass --epochs {checkpoint.get('epochs')} to finish that run"
+        )
+    if steps_per_epoch is not None and checkpoint.get("steps_per_epoch") != steps_per_epoch:
+        raise UsageError(
+            f"--resume: {path} took {checkpoint.get('steps_per_epoch')} steps per epoch, this "
+            f"run would take {steps_per_epoch}; resume with that run's --bs, --accumulate and "
+            "number of processes"
         )
     return checkpoint
 
