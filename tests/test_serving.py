@@ -198,6 +198,19 @@ def test_a_server_answering_507_twice_loses_and_repeats_nothing(tmp_path):
     assert sorted(FlakyServer.scored) == list(range(30))  # every record scored exactly once
 
 
+def test_an_output_folder_that_does_not_exist_is_refused_before_scoring(tmp_path):
+    project = tmp_path / "nowhere"
+    assert quikgen("new", str(project), "--defaults", "--data", "use_serve=true").exit_code == 0
+    (tmp_path / "pairs.csv").write_text("user,item\n1,2\n")
+    out = tmp_path / "missing" / "out.csv"
+    # No server is running: the folder is checked before any request is made.
+    result = python(project, "-m", "nowhere.api", str(tmp_path / "pairs.csv"), "--out", str(out),
+                    "--url", "http://127.0.0.1:9/predictions/x", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: --out {out}: no folder {out.parent}; create it or "
+                                     "pass another --out")
+
+
 def test_server_down_is_a_clear_error_and_a_non_zero_exit(tmp_path):
     project = tmp_path / "down"
     assert quikgen("new", str(project), "--defaults", "--data", "use_serve=true").exit_code == 0

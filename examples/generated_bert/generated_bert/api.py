@@ -151,6 +151,9 @@ def main(argv=None):
     parser.add_argument("--key_file", type=Path, default=KEY_FILE,
                         help="TorchServe's key_file.json, for the token (default: %(default)s)")
     args = parser.parse_args(argv)
+    if not args.out.parent.is_dir():  # found out now, not after scoring every record
+        sys.exit(f"error: --out {args.out}: no folder {args.out.parent}; create it or pass "
+                 "another --out")
     try:
         frame = pd.read_csv(args.file)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
