@@ -151,8 +151,9 @@ def new(
         if kind not in known:
             raise UserError(f"unknown kind {kind!r}; choose one of: {', '.join(known)}")
         answers.setdefault("kind", kind)
-        if not no_git and shutil.which("git") is None:
-            raise UserError("git is not installed; install git, or pass --no-git")
+        if shutil.which("git") is None:  # --no-git too: the template is versioned with git
+            raise UserError("git is not installed; install git (quikgen versions the template "
+                            "and the project with it)")
         if template is None:
             src, ref = publish()
             ref = vcs_ref or ref

@@ -95,7 +95,8 @@ def publish(version: str = __version__, template: Path | None = None) -> tuple[P
     """Make sure the source holds ``template`` (default: the bundled one) under a
     tag for ``version``; return the source's path and that tag."""
     if shutil.which("git") is None:
-        raise SourceError("git is not installed; install git (copier needs it to version the template)")
+        raise SourceError("git is not installed; install git (quikgen versions the template "
+                          "and the project with it)")
     try:
         Version(version)
     except InvalidVersion as error:

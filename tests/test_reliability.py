@@ -119,12 +119,18 @@ def test_an_archive_with_a_missing_file_names_it(project, tmp_path):
     assert "cannot archive: model.pt2, id_maps.json missing" in result.stderr
 
 
-def test_quikgen_without_git_says_to_install_it_or_skip_git(tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", [["new", "proj", "--defaults"],
+                                     ["new", "proj", "--defaults", "--no-git"],
+                                     ["update", "sturdy"]])
+def test_quikgen_without_git_says_to_install_it(project, tmp_path, monkeypatch, command):
     monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no git on it
-    result = quikgen("new", str(tmp_path / "proj"), "--defaults")
+    answers = (project / ".copier-answers.yml").read_text()
+    result = quikgen(*command, cwd=project.parent if command[0] == "update" else tmp_path)
     assert result.exit_code == 1
-    assert "git is not installed; install git, or pass --no-git" in result.output
+    assert "error: git is not installed; install git (quikgen versions the template" \
+        in result.output
     assert not (tmp_path / "proj").exists()
+    assert (project / ".copier-answers.yml").read_text() == answers
 
 
 def test_serving_on_ports_in_use_names_them(project, tmp_path):
