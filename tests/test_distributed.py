@@ -265,6 +265,7 @@ def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one(project, d
     result = train(project, data_dir, *args, "--resume")
     assert "resuming after epoch 0" in result.stdout
     assert [epoch for epoch, _ in metrics(data_dir)] == [0, 1, 2, 3]
+    assert not list(data_dir.glob(".*.tmp"))  # the next write removed the cut-off file
 
 
 @pytest.mark.parametrize("launcher", ["procs", "torchrun"])

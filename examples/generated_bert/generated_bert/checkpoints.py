@@ -28,8 +28,17 @@ def state_dict_path(data_dir: Path, epoch: int | str, data_date: str) -> Path:
     return data_file(data_dir, f"state_dict_e{epoch}", data_date)
 
 
+def remove_leftovers(path: Path) -> None:
+    """Delete the temporary files a run killed while writing ``path`` left behind
+    (see files.write_atomically). Safe here: one process per run writes these files."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def save_state_dict(model: nn.Module, data_dir: Path, epoch: int | str, data_date: str) -> Path:
-    return save_torch(unwrap(model).state_dict(), state_dict_path(data_dir, epoch, data_date))
+    path = state_dict_path(data_dir, epoch, data_date)
+    remove_leftovers(path)
+    return save_torch(unwrap(model).state_dict(), path)
 
 
 def load_state_dict(data_dir: Path, epoch: int | str, data_date: str, device="cpu") -> dict:
@@ -44,6 +53,7 @@ def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: i
                     epochs: int, steps_per_epoch: int, metrics: list[dict]) -> Path:
     """Everything that decides what happens after ``epoch``. The data order needs
     no state: each epoch's shuffle is seeded by --seed and the epoch number."""
+    remove_leftovers(path)
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
