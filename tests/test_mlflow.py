@@ -1,6 +1,7 @@
 """MLflow tracking in generated projects, against a real store and a real server."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -69,13 +70,13 @@ def free_port():
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
+def start_mlflow_server(folder):
+    """A real `mlflow server` on 127.0.0.1, storing into ``folder``: (url, process)."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--artifacts-destination", str(folder / "server-artifacts"), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         # Job execution serves MLflow's GenAI features; off, the server starts in seconds.
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
@@ -85,12 +86,16 @@ def mlflow_server(tmp_path):
     while True:
         try:
             urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
+            return url, server
         except OSError:
             assert server.poll() is None, "mlflow server exited"
             assert time.monotonic() < deadline, "mlflow server did not start"
             time.sleep(0.5)
-    yield url
+
+
+def stop_mlflow_server(server):
+    if server.poll() is not None:
+        return
     os.killpg(server.pid, signal.SIGTERM)  # the group: uvicorn outlives its parent otherwise
     try:
         server.wait(timeout=30)
@@ -99,12 +104,53 @@ def mlflow_server(tmp_path):
         server.wait()
 
 
+@pytest.fixture
+def mlflow_server(tmp_path):
+    url, server = start_mlflow_server(tmp_path)
+    yield url
+    stop_mlflow_server(server)
+
+
 def test_a_real_server_gets_the_same_run(project, mlflow_server):
     python(project, "main.py", "--gpus", "0", "--epochs", "2", "--use_mlflow", "--user", "tester",
            "--tracking_uri", mlflow_server)
     client, runs = runs_of(mlflow_server)
     assert len(runs) == 1
     assert_complete_run(client, runs[0])
+
+
+def test_a_server_that_stops_mid_run_costs_the_tracking_not_the_training(project, tmp_path):
+    url, server = start_mlflow_server(tmp_path)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for prepared in ("train_tensor", "valid_tensor", "test_tensor", "id_maps"):
+        shutil.copy(next((project / "data").glob(f"{prepared}_{DATE}.*")), data_dir)
+    command = [sys.executable, "main.py", "--gpus", "0", "--epochs", "3", "--bs", "16",
+               "--data_dir", str(data_dir), "--use_mlflow", "--tracking_uri", url]
+    try:
+        training = subprocess.Popen(command, cwd=project, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+        # Epoch 0 is tracked when its state dict reaches the server's artifact store.
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "server-artifacts").rglob(f"state_dict_e0_{DATE}.pt")):
+            assert training.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        stop_mlflow_server(server)  # during epoch 1
+        _, stderr = training.communicate(timeout=300)
+    finally:
+        stop_mlflow_server(server)
+
+    assert training.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "warning: MLflow: " in stderr and "not sent yet" in stderr
+    assert "warning: MLflow: could not mark run" in stderr
+    for epoch in range(3):
+        assert (data_dir / f"state_dict_e{epoch}_{DATE}.pt").is_file()
+    # What reached the store before it stopped is there.
+    client, runs = runs_of(f"sqlite:///{tmp_path / 'server.db'}")
+    assert [run.info.status for run in runs] == ["RUNNING"]
+    assert [point.step for point in client.get_metric_history(runs[0].info.run_id,
+                                                               "valid_loss")][:1] == [200]
 
 
 def test_two_processes_make_exactly_one_run(project, tmp_path):

@@ -9,6 +9,11 @@ training raised; rank 0 logs into it: the parameters in one batch, ``train_loss`
 per optimizer step and ``valid_loss`` per epoch on the same step axis, and each
 epoch's state dict as an artifact. MLflow is imported only when a run is asked
 for, so training without ``--use_mlflow`` does not pay for it.
+
+A store that cannot be reached at the start fails the job in seconds (a typo in
+--tracking_uri should not cost a training run). One that stops answering later
+costs the tracking, not the training: a warning, and the metrics are sent again
+after the next epoch.
 """
 
 import argparse
@@ -16,6 +21,7 @@ import getpass
 import os
 import re
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,6 +121,20 @@ def connect(args):
                          "fix --tracking_uri") from None
 
 
+def warn(what: str, error: Exception) -> None:
+    first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    print(f"warning: MLflow: {what} ({type(error).__name__}: {first_line})", file=sys.stderr)
+
+
+def end_run(client, run_id: str, status: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_terminated(run_id, status)
+    except (MlflowException, OSError) as error:  # the job's own outcome matters more
+        warn(f"could not mark run {run_id} {status}; it shows as RUNNING", error)
+
+
 def git_commit() -> str | None:
     result = subprocess.run(["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"],
                             capture_output=True, text=True)
@@ -164,16 +184,16 @@ def mlflow_run(args, parent_run_id: str | None = None, tags: dict | None = None)
     try:
         yield run_id
     except KeyboardInterrupt:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        end_run(client, run_id, RunStatus.to_string(RunStatus.KILLED))
         raise
     except SystemExit as stop:  # Ray Tune ends a trial it is done with by sys.exit(0)
         status = RunStatus.FINISHED if stop.code in (0, None) else RunStatus.FAILED
-        client.set_terminated(run_id, RunStatus.to_string(status))
+        end_run(client, run_id, RunStatus.to_string(status))
         raise
     except BaseException:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        end_run(client, run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    end_run(client, run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
 class RunLogger:
@@ -192,13 +212,27 @@ class RunLogger:
         self.pending.append(Metric(key, value, int(time.time() * 1000), step))
 
     def flush(self) -> None:
-        for start in range(0, len(self.pending), 1000):  # at most 1000 metrics per batch
-            self.client.log_batch(self.run_id, metrics=self.pending[start:start + 1000])
-        self.pending = []
+        """Send the pending metrics; those the store does not take wait for the next flush."""
+        from mlflow.exceptions import MlflowException
+
+        while self.pending:
+            batch = self.pending[:1000]  # MLflow takes at most 1000 metrics per batch
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except (MlflowException, OSError) as error:
+                warn(f"{len(self.pending)} metric values not sent yet; they are sent again "
+                     "after the next epoch", error)
+                return
+            del self.pending[:len(batch)]
 
     def log_artifact(self, path: Path) -> None:
-        with s3_endpoint(self.endpoint_url):
-            self.client.log_artifact(self.run_id, str(path))
+        from mlflow.exceptions import MlflowException
+
+        try:
+            with s3_endpoint(self.endpoint_url):
+                self.client.log_artifact(self.run_id, str(path))
+        except (MlflowException, OSError) as error:
+            warn(f"{path.name} not uploaded; it is kept in {path.parent}", error)
 
 
 STATE_DICT_NAME = re.compile(r"^state_dict_e(?P<epoch>\w+)_(?P<date>\d{8})\.pt$")
