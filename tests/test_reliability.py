@@ -77,6 +77,19 @@ def test_fractions_that_leave_no_training_rows_are_refused(project, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--retries", "-1"], "--retries: must be a whole number >= 0, got -1"),
+    (["--workers", "0"], "--workers: must be a whole number >= 1, got 0"),
+    (["--batch_size", "ten"], "--batch_size: must be a whole number >= 1, got ten"),
+])
+def test_invalid_numbers_are_refused_by_the_inference_client(project, tmp_path, flags, message):
+    (tmp_path / "pairs.csv").write_text("user,item\n1,2\n")
+    result = python(project, "-m", "sturdy.api", str(tmp_path / "pairs.csv"), "--out",
+                    str(tmp_path / "out.csv"), *flags, check=False)
+    assert_one_line_error(result, message, exit_code=2)
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_serving_on_a_port_out_of_range_is_refused(project):
     result = python(project, "-m", "sturdy.serve", "start", "--port", "65533", check=False)
     assert_one_line_error(result, "--port: must be a port from 1 to 65531", exit_code=2)

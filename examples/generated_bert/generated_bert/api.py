@@ -24,7 +24,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from .args import PROJECT_DIR, positive_int
+from .args import PROJECT_DIR, non_negative_int, positive_int
 
 DEFAULT_URL = "http://127.0.0.1:8080/predictions/generated_bert"
 KEY_FILE = PROJECT_DIR / "serve" / "key_file.json"
@@ -146,7 +146,7 @@ def main(argv=None):
                         help="records per request (default: %(default)s)")
     parser.add_argument("--workers", type=positive_int, default=4,
                         help="requests in flight at once (default: %(default)s)")
-    parser.add_argument("--retries", type=int, default=5,
+    parser.add_argument("--retries", type=non_negative_int, default=5,
                         help="retries of a failed request, with backoff (default: %(default)s)")
     parser.add_argument("--key_file", type=Path, default=KEY_FILE,
                         help="TorchServe's key_file.json, for the token (default: %(default)s)")
