@@ -90,6 +90,12 @@ def test_invalid_numbers_are_refused_by_the_inference_client(project, tmp_path, 
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_stopping_a_server_that_is_not_running_says_so(project):
+    result = python(project, "-m", "sturdy.serve", "stop")
+    assert result.stdout.strip() == (
+        f"TorchServe is not running (none was started from {project / 'serve'})")
+
+
 def test_serving_on_a_port_out_of_range_is_refused(project):
     result = python(project, "-m", "sturdy.serve", "start", "--port", "65533", check=False)
     assert_one_line_error(result, "--port: must be a port from 1 to 65531", exit_code=2)

@@ -182,9 +182,13 @@ def start(serve_dir: Path, port: int, token_auth: bool, timeout: float = 300) ->
                      f"see {serve_dir / 'logs' / 'model_log.log'}")
 
 
-def stop(serve_dir: Path) -> None:
+def stop(serve_dir: Path) -> bool:
+    """Stop the TorchServe started from ``serve_dir``; False if none is running."""
+    if not (serve_dir / "tmp" / ".model_server.pid").exists():
+        return False
     subprocess.run(["torchserve", "--stop", "--foreground"], cwd=serve_dir,
                    env=torchserve_env(serve_dir), capture_output=True, check=False)
+    return True
 
 
 def parse_args(argv=None):
@@ -248,9 +252,10 @@ def main(argv=None):
         elif args.command == "start":
             url = start(SERVE_DIR, args.port, token_auth=not args.disable_token_auth)
             print(f"serving {url}; tokens in {SERVE_DIR / 'key_file.json'}")
-        else:
-            stop(SERVE_DIR)
+        elif stop(SERVE_DIR):
             print("stopped")
+        else:
+            print(f"TorchServe is not running (none was started from {SERVE_DIR})")
     except UsageError as error:
         sys.exit(f"error: {error}")
 
