@@ -62,13 +62,14 @@ def parse_data(pairs: list[str], questions: dict[str, dict] | None) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise UserError(f"--data {pair!r} is not KEY=VALUE; write it like --data use_mlflow=true")
-        if questions is not None and key not in questions:
-            raise UserError(f"--data {key}: the template asks no such question; "
-                            f"it asks {', '.join(questions)}")
-        if questions is not None and questions[key].get("type") == "bool":
-            if value.lower() not in BOOLEANS:
-                raise UserError(f"--data {pair}: answer {key}=true or {key}=false")
-            value = BOOLEANS[value.lower()]
+        if questions is not None:
+            if key not in questions:
+                raise UserError(f"--data {key}: the template asks no such question; "
+                                f"it asks {', '.join(questions)}")
+            if questions[key].get("type") == "bool":
+                if value.lower() not in BOOLEANS:
+                    raise UserError(f"--data {pair}: answer {key}=true or {key}=false")
+                value = BOOLEANS[value.lower()]
         data[key] = value
     return data
 

@@ -88,7 +88,7 @@ def create_mar(build_dir: Path, model_store: Path, batch_size: int, max_batch_de
     return mar
 
 
-BASE_PORT = checked(int, lambda port: 1 <= port <= 65535 - 4,
+base_port = checked(int, lambda port: 1 <= port <= 65535 - 4,
                     "a port from 1 to 65531: TorchServe takes it and the next four")
 
 
@@ -210,7 +210,7 @@ def parse_args(argv=None):
                        help="take the state dict from the one MLflow run this filter matches, "
                        "e.g. \"attributes.run_name = 'baseline'\"")
     begin = commands.add_parser("start", help="start TorchServe on 127.0.0.1 with the archive")
-    begin.add_argument("--port", type=BASE_PORT, default=8080,
+    begin.add_argument("--port", type=base_port, default=8080,
                        help="inference port; management, metrics and gRPC take the next four "
                        "(default: %(default)s)")
     begin.add_argument("--disable_token_auth", action="store_true",

@@ -115,15 +115,18 @@ def connect(args):
             client.restore_experiment(experiment.experiment_id)
         return client, experiment.experiment_id
     except (MlflowException, OSError) as error:  # OSError: a refused or broken connection
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise UsageError(f"cannot reach the MLflow tracking store {args.tracking_uri} "
-                         f"({type(error).__name__}: {first_line[:200]}); start the server or "
-                         "fix --tracking_uri") from None
+                         f"({describe(error)}); start the server or fix --tracking_uri") from None
+
+
+def describe(error: Exception) -> str:
+    """The error's type and the first line of its message: MLflow's run to pages."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 def warn(what: str, error: Exception) -> None:
-    first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-    print(f"warning: MLflow: {what} ({type(error).__name__}: {first_line})", file=sys.stderr)
+    print(f"warning: MLflow: {what} ({describe(error)})", file=sys.stderr)
 
 
 def end_run(client, run_id: str, status: str) -> None:

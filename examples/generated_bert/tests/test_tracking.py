@@ -29,7 +29,6 @@ def args(tmp_path):
 
 
 def test_a_tracked_run_ends_finished_with_losses_and_state_dicts(args):
-
     entry_point.main(args)
     parsed = entry_point.parse_args(args)
     client = MlflowClient(parsed.tracking_uri)
