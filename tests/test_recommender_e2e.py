@@ -19,9 +19,10 @@ def project(tmp_path):
 
 
 def metrics_rows(output: str) -> list[list[str]]:
-    """The rows of the printed metrics table: epoch, train_loss, valid_loss, time."""
+    """The rows of the printed metrics table: epoch, train_loss, valid_loss, time,
+    and a * on the best epoch's row."""
     return [line.split() for line in output.splitlines()
-            if line.split() and line.split()[0].isdigit() and len(line.split()) == 4]
+            if line.split() and line.split()[0].isdigit() and len(line.split()) in (4, 5)]
 
 
 def test_synthetic_data_trains_three_epochs_with_falling_valid_loss(project):

@@ -188,3 +188,12 @@ def average_across_ranks(total: torch.Tensor, count: torch.Tensor, world: World)
     if world.is_ddp:
         dist.all_reduce(both)
     return (both[0] / both[1]).item()
+
+
+def broadcast_from_logger(tensors: dict[str, torch.Tensor], world: World) -> dict:
+    """Rank 0's ``tensors`` on every rank, received in place into the other ranks'
+    tensors of the same names and shapes (e.g. their model's state_dict())."""
+    if world.is_ddp:
+        for tensor in tensors.values():
+            dist.broadcast(tensor, src=0)
+    return tensors
