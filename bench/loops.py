@@ -141,9 +141,8 @@ def bert(package: str, data_dir: str, model_dir: str, epochs: int, bs: int, max_
     encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     tokens = sum(len(ids) for ids in encoded) * epochs
     results = {"tokens": tokens}
-    hf.load_encoded_split(args, tokenizer, "train")  # tokenize once, outside the timings
-    hf.load_encoded_split(args, tokenizer, "valid")
-    hf.load_encoded_split(args, tokenizer, "test")
+    for split in ("train", "valid", "test"):  # tokenize once, outside the timings
+        hf.load_encoded_split(args.data_dir, args.data_date, split, tokenizer, max_length)
 
     def fresh():
         torch.manual_seed(0)

@@ -52,6 +52,8 @@ def assert_complete_run(client, run, steps_per_epoch=4, epochs=2, bs="1024"):
     assert sorted(point.step for point in valid_loss) == [steps_per_epoch * (e + 1) for e in range(epochs)]
     artifacts = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
     assert {f"state_dict_e{e}_{DATE}.pt" for e in range(epochs)} <= artifacts
+    assert {"test_rmse", "test_ndcg_at_10", "test_recall_at_10"} <= run.data.metrics.keys()
+    assert int(run.data.tags["best_epoch"]) in range(epochs)
 
 
 def test_embedded_store_records_one_complete_run(project):
@@ -161,6 +163,26 @@ def test_two_processes_make_exactly_one_run(project, tmp_path):
     assert len(runs) == 1
     assert_complete_run(client, runs[0], bs="512")
     assert runs[0].data.params["procs"] == "2"
+
+
+def test_two_nodes_make_exactly_one_run(project, tmp_path):
+    # Two "machines" on the loopback: each runs main.py once, as --nodes asks.
+    uri = f"sqlite:///{tmp_path / 'nodes.db'}"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    command = [sys.executable, "main.py", "--gpus", "0", "--nodes", "2", "--master_port", port,
+               "--master_addr", "127.0.0.1",
+               "--epochs", "2", "--bs", "512", "--use_mlflow", "--user", "tester",
+               "--tracking_uri", uri]
+    nodes = [subprocess.Popen([*command, "--nr", str(node)], cwd=project, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for node in (0, 1)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    client, runs = runs_of(uri)
+    assert len(runs) == 1
+    assert_complete_run(client, runs[0], bs="512")
 
 
 def test_a_run_that_raises_ends_failed_and_the_error_reaches_the_user(project, tmp_path):

@@ -101,8 +101,9 @@ def add_ddp_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
         help="rank of this machine among --nodes, 0 is the master (default: %(default)s)",
     )
     group.add_argument(
-        "--master_addr", default="127.0.0.1",
-        help="address of node 0, reachable from every node (default: %(default)s)",
+        "--master_addr", default=None,
+        help="address of node 0, reachable from every node; required on the other nodes "
+        "(default: 127.0.0.1, this machine)",
     )
     group.add_argument(
         "--master_port", type=port, default=None,
@@ -172,6 +173,12 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
     group.add_argument(
         "--accumulate", type=positive_int, default=1,
         help="micro-batches whose gradients add up to one optimizer step (default: %(default)s)",
+    )
+    group.add_argument(
+        "--log_every", type=positive_int, default=10,
+        help="read the training loss from the device every this many steps, for the "
+        "progress bar, MLflow and the check that it is finite: reading it makes the CPU "
+        "wait for the GPU (default: %(default)s)",
     )
     group.add_argument(
         "--resume", action="store_true",

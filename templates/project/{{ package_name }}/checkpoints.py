@@ -74,12 +74,10 @@ def checkpoint_path(data_dir: Path, data_date: str) -> Path:
 
 def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: int,
                     epochs: int, steps_per_epoch: int, metrics: list[dict]) -> Path:
-    """Everything that decides what happens after ``epoch``. The data order needs
-    no state: each epoch's shuffle is seeded by --seed and the epoch number."""
+    """Everything that decides what happens after ``epoch``. Randomness needs no
+    state: each epoch's shuffle is seeded by --seed and the epoch, and its dropout
+    by --seed, the epoch and the rank (see train.py)."""
     remove_leftovers(path)
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
     return save_torch({
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -89,7 +87,6 @@ def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: i
         "epochs": epochs,
         "steps_per_epoch": steps_per_epoch,
         "metrics": metrics,
-        "rng": rng,
     }, path)
 
 
@@ -119,9 +116,3 @@ def load_checkpoint(path: Path, device: torch.device | str, epochs: int,
             "number of processes"
         )
     return checkpoint
-
-
-def restore_rng(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"].cpu())
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])

@@ -11,9 +11,12 @@ class SmoothedLoss:
     def __init__(self, beta: float = 0.98):
         self.beta, self.average, self.count = beta, 0.0, 0
 
-    def update(self, value: float) -> float:
+    def update(self, value: float) -> None:
         self.count += 1
         self.average = self.beta * self.average + (1 - self.beta) * value
+
+    @property
+    def value(self) -> float:
         return self.average / (1 - self.beta ** self.count)
 
 
