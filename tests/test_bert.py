@@ -1,10 +1,17 @@
 """The bert kind end to end, offline: a tiny BERT built from the training texts."""
 
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+import torch
 
-from .conftest import python, quikgen
+from .conftest import python, quikgen, run
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +62,87 @@ def test_csv_with_any_label_strings_trains(project, tmp_path):
     python(project, "-m", "reviews.data", "--csv", str(csv), "--data_dir", str(data_dir))
     result = train(project, "--epochs", "2", "--data_dir", str(data_dir))
     assert "Thumbs Up" in result.stdout and "thumbs down" in result.stdout
+
+
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
+
+
+def two_rank_command(project, data_dir, launcher, *args):
+    common = ["main.py", "--data_dir", str(data_dir), "--gpus", "0", "--bert_type",
+              "models/tiny-bert", "--lr", "1e-3", "--epochs", "2", *args]
+    if launcher == "procs":
+        return [sys.executable, *common, "--procs", "2"]
+    return [*TORCHRUN, *common]
+
+
+def final_weights(data_dir):
+    (path,) = data_dir.glob("state_dict_e1_*.pt")
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(project, tmp_path_factory):
+    """The weights after 2 epochs of an uninterrupted 2-process run."""
+    data_dir = tmp_path_factory.mktemp("uninterrupted") / "data"
+    shutil.copytree(project / "data", data_dir)
+    run(*two_rank_command(project, data_dir, "procs"), cwd=project, env=OFFLINE)
+    return final_weights(data_dir)
+
+
+@pytest.mark.parametrize("launcher", ["procs", "torchrun"])
+def test_two_ranks_killed_and_resumed_end_with_the_uninterrupted_weights(
+        project, uninterrupted, tmp_path, launcher):
+    # Dropout is on: the resumed epoch must draw, on every rank, what it drew before.
+    data_dir = tmp_path / "data"
+    shutil.copytree(project / "data", data_dir)
+    command = two_rank_command(project, data_dir, launcher)
+    process = subprocess.Popen(command, cwd=project, env={**os.environ, **OFFLINE},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(data_dir.glob("checkpoint_*.pt")):
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # every rank and the launcher, mid epoch 1
+    process.wait()
+    (checkpoint,) = data_dir.glob("checkpoint_*.pt")
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 0
+
+    run(*command, "--resume", cwd=project, env=OFFLINE)
+    resumed = final_weights(data_dir)
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], atol=1e-6, rtol=0)
+
+
+def macro_f1(data_dir):
+    (report,) = data_dir.glob("classification_report_*.txt")
+    return float(re.search(r"macro avg\s+\S+\s+\S+\s+([0-9.]+)", report.read_text()).group(1))
+
+
+def test_balance_raises_macro_f1_on_imbalanced_labels(project, tmp_path):
+    # 90% of the texts are one label, told apart from the rest by one word. In four
+    # epochs the plain loss learns only the majority; both kinds of balance learn both.
+    rows = [f"the room was great and the food was lovely {i % 7},happy" for i in range(540)]
+    rows += [f"the room was awful and the food was lovely {i % 7},unhappy" for i in range(60)]
+    csv = tmp_path / "imbalanced.csv"
+    csv.write_text("text,label\n" + "\n".join(rows) + "\n")
+    scores = {}
+    for balance in ("none", "weights", "oversample"):
+        data_dir = tmp_path / balance
+        python(project, "-m", "reviews.data", "--csv", str(csv), "--data_dir", str(data_dir),
+               env=OFFLINE)
+        result = train(project, "--data_dir", str(data_dir), "--epochs", "4", "--balance", balance)
+        assert "macro-F1" in result.stdout
+        scores[balance] = macro_f1(data_dir)
+    assert scores["weights"] > scores["none"] and scores["oversample"] > scores["none"], scores
+
+
+def test_the_given_betas_hold_to_the_last_step(project, tmp_path):
+    # OneCycleLR would have cycled beta1; the linear schedule leaves it alone.
+    data_dir = tmp_path / "data"
+    shutil.copytree(project / "data", data_dir)
+    train(project, "--data_dir", str(data_dir), "--epochs", "1", "--betas", "0.5,0.999")
+    (checkpoint,) = data_dir.glob("checkpoint_*.pt")
+    groups = torch.load(checkpoint, weights_only=True)["optimizer"]["param_groups"]
+    assert {tuple(group["betas"]) for group in groups} == {(0.5, 0.999)}

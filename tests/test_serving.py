@@ -2,6 +2,7 @@
 
 import http.server
 import json
+import shutil
 import socket
 import sys
 import threading
@@ -57,16 +58,25 @@ def import_api(project, package):
         sys.path.remove(str(project))
 
 
-def test_bert_end_to_end_through_torchserve(tmp_path, served):
-    project = tmp_path / "served-bert"
+@pytest.fixture(scope="module")
+def bert_archive(tmp_path_factory):
+    """A tiny BERT trained for one epoch, and its archive built with no flags: the
+    model type, --max_length and labels come from what training recorded."""
+    project = tmp_path_factory.mktemp("serving") / "served-bert"
     assert quikgen("new", str(project), "--defaults", "--kind", "bert",
                    "--data", "use_serve=true").exit_code == 0
     python(project, "-m", "served_bert.data", "--synthetic", "--rows", "1200", env=OFFLINE)
     python(project, "-m", "served_bert.hf", "--tiny-model", "models/tiny", env=OFFLINE)
-    python(project, "main.py", "--gpus", "0", "--bert_type", "models/tiny", "--lr", "1e-3",
-           "--epochs", "1", env=OFFLINE)
-    python(project, "-m", "served_bert.serve", "build", "--epoch", "0", "--bert_type",
-           "models/tiny", env=OFFLINE)
+    python(project, "main.py", "--gpus", "0", "--bert_type", "models/tiny", "--max_length", "64",
+           "--lr", "1e-3", "--epochs", "1", env=OFFLINE)
+    python(project, "-m", "served_bert.serve", "build", env=OFFLINE)
+    return project
+
+
+def test_bert_end_to_end_through_torchserve(bert_archive, served):
+    project = bert_archive
+    build = project / "serve" / "build"
+    assert json.loads((build / "setup_config.json").read_text())["max_length"] == "64"
     url = served(project, "served_bert")
 
     (test_csv,) = (project / "data").glob("test_text_*.csv")
@@ -79,7 +89,6 @@ def test_bert_end_to_end_through_torchserve(tmp_path, served):
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    build = project / "serve" / "build"
     model = AutoModelForSequenceClassification.from_pretrained(build).eval()
     encoded = AutoTokenizer.from_pretrained(build)(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -87,15 +96,38 @@ def test_bert_end_to_end_through_torchserve(tmp_path, served):
     assert scored["label"].tolist() == [model.config.id2label[i] for i in local]
 
 
+@pytest.mark.parametrize(("flag", "value", "recorded"), [
+    ("--bert_type", "bert-base-uncased", "models/tiny"),  # the default, typed out of habit
+    ("--max_length", "128", "64"),
+])
+def test_build_refuses_a_model_setting_other_than_the_trained_one(bert_archive, flag, value,
+                                                                  recorded):
+    project = bert_archive
+    if flag == "--bert_type":  # training records a local folder by its absolute path
+        recorded = (project / recorded).resolve()
+    (run_info,) = (project / "data").glob("run_info_*.json")
+    data_date = run_info.stem.rsplit("_", 1)[1]
+    mar = project / "serve" / "model_store" / "served_bert.mar"
+    built = mar.stat().st_mtime_ns
+
+    result = python(project, "-m", "served_bert.serve", "build", flag, value, env=OFFLINE,
+                    check=False)
+    assert result.returncode == 1
+    assert result.stderr == (f"error: {flag} {value}: the weights of {data_date} were trained "
+                             f"with {flag} {recorded}; drop {flag} to serve them as trained\n")
+    assert mar.stat().st_mtime_ns == built  # the archive already built is left alone
+
+
 @pytest.fixture(scope="module")
 def recommender_archive(tmp_path_factory):
-    """A trained recommender with its TorchServe archive built."""
+    """A trained recommender with its TorchServe archive built with no flags: the
+    best epoch, with the --embedding_dim training recorded."""
     project = tmp_path_factory.mktemp("serving") / "served-recs"
     assert quikgen("new", str(project), "--defaults", "--data", "use_serve=true").exit_code == 0
     python(project, "-m", "served_recs.data", "--synthetic", "--rows", "5000", "--users", "60",
            "--items", "40")
-    python(project, "main.py", "--gpus", "0", "--epochs", "2")
-    python(project, "-m", "served_recs.serve", "build", "--epoch", "1")
+    python(project, "main.py", "--gpus", "0", "--epochs", "2", "--embedding_dim", "16")
+    python(project, "-m", "served_recs.serve", "build")
     return project
 
 
@@ -153,6 +185,27 @@ def test_torchserve_restarted_mid_run_loses_and_repeats_no_record(recommender_ar
     assert scored[["user", "item"]].to_dict("records") == pairs
     torch.testing.assert_close(torch.tensor(scored["rating"].tolist()),
                                local_ratings(project, pairs), atol=1e-5, rtol=0)
+
+
+def test_build_without_epoch_archives_the_recorded_best_epoch(recommender_archive, tmp_path):
+    project = tmp_path / "served-recs"
+    shutil.copytree(recommender_archive, project, ignore=shutil.ignore_patterns("serve"))
+    (run_info,) = (project / "data").glob("run_info_*.json")
+    data_date = run_info.stem.rsplit("_", 1)[1]
+    # As if validation had found epoch 0 better than the last one.
+    run_info.write_text(json.dumps({**json.loads(run_info.read_text()), "best_epoch": 0}))
+
+    result = python(project, "-m", "served_recs.serve", "build")
+    assert result.stdout.endswith(f": epoch 0 of {data_date}\n")
+    archived = torch.export.load(project / "serve" / "build" / "model.pt2").module().state_dict()
+
+    def archived_is(epoch):
+        trained = torch.load(project / "data" / f"state_dict_e{epoch}_{data_date}.pt",
+                             weights_only=True)
+        return all(torch.equal(archived[name], weights) for name, weights in trained.items())
+
+    assert archived_is(0)
+    assert not archived_is(1)  # the last epoch
 
 
 class FlakyServer(http.server.BaseHTTPRequestHandler):

@@ -177,7 +177,7 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
     group.add_argument(
         "--log_every", type=positive_int, default=10,
         help="read the training loss from the device every this many steps, for the "
-        "progress bar, MLflow and the check that it is finite: reading it makes the CPU "
+        "progress bar, the logs and the check that it is finite: reading it makes the CPU "
         "wait for the GPU (default: %(default)s)",
     )
     group.add_argument(
