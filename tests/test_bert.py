@@ -75,6 +75,13 @@ def two_rank_command(project, data_dir, launcher, *args):
     return [*TORCHRUN, *common]
 
 
+def prepared_data(project, dest):
+    """A copy of the project's prepared texts and tokens, without what other tests trained."""
+    shutil.copytree(project / "data", dest, ignore=shutil.ignore_patterns(
+        "checkpoint_*", "state_dict_*", "metrics_*", "run_info_*"))
+    return dest
+
+
 def final_weights(data_dir):
     (path,) = data_dir.glob("state_dict_e1_*.pt")
     return torch.load(path, weights_only=True)
@@ -83,8 +90,7 @@ def final_weights(data_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(project, tmp_path_factory):
     """The weights after 2 epochs of an uninterrupted 2-process run."""
-    data_dir = tmp_path_factory.mktemp("uninterrupted") / "data"
-    shutil.copytree(project / "data", data_dir)
+    data_dir = prepared_data(project, tmp_path_factory.mktemp("uninterrupted") / "data")
     run(*two_rank_command(project, data_dir, "procs"), cwd=project, env=OFFLINE)
     return final_weights(data_dir)
 
@@ -93,8 +99,7 @@ def uninterrupted(project, tmp_path_factory):
 def test_two_ranks_killed_and_resumed_end_with_the_uninterrupted_weights(
         project, uninterrupted, tmp_path, launcher):
     # Dropout is on: the resumed epoch must draw, on every rank, what it drew before.
-    data_dir = tmp_path / "data"
-    shutil.copytree(project / "data", data_dir)
+    data_dir = prepared_data(project, tmp_path / "data")
     command = two_rank_command(project, data_dir, launcher)
     process = subprocess.Popen(command, cwd=project, env={**os.environ, **OFFLINE},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -140,8 +145,7 @@ def test_balance_raises_macro_f1_on_imbalanced_labels(project, tmp_path):
 
 def test_the_given_betas_hold_to_the_last_step(project, tmp_path):
     # OneCycleLR would have cycled beta1; the linear schedule leaves it alone.
-    data_dir = tmp_path / "data"
-    shutil.copytree(project / "data", data_dir)
+    data_dir = prepared_data(project, tmp_path / "data")
     train(project, "--data_dir", str(data_dir), "--epochs", "1", "--betas", "0.5,0.999")
     (checkpoint,) = data_dir.glob("checkpoint_*.pt")
     groups = torch.load(checkpoint, weights_only=True)["optimizer"]["param_groups"]

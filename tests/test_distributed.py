@@ -162,12 +162,15 @@ def failing_project(tmp_path):
     dest = tmp_path / "failing"
     assert quikgen("new", str(dest), "--defaults").exit_code == 0
     model = dest / "failing" / "model.py"
-    model.write_text(model.read_text().replace(
-        '    predicted = model(batch["user"], batch["item"])',
+    source = model.read_text()
+    failing = source.replace(
+        '    if model.training:\n',
         '    if os.environ.get("RANK") == "1" and model.training:\n'
         '        raise RuntimeError("rank 1 fails")\n'
-        '    predicted = model(batch["user"], batch["item"])',
-    ).replace("import argparse\n", "import argparse\nimport os\n"))
+        '    if model.training:\n', 1,
+    ).replace("import argparse\n", "import argparse\nimport os\n")
+    assert failing.count("rank 1 fails") == 1, "compute_loss no longer reads as this test expects"
+    model.write_text(failing)
     python(dest, "-m", "failing.data", "--synthetic", "--rows", "4000")
     return dest
 

@@ -79,8 +79,8 @@ def test_user_edits_in_main_loop_and_model_survive_the_update(project):
     edit(project / "demo" / "train.py", "    model = build_model(args, train_set, id_maps)",
          "    model = build_model(args, train_set, id_maps)  # my model wiring")
     model = project / "demo" / "model.py"
-    edit(model, "embedding_dim: int, mean_rating: float):",
-         "embedding_dim: int, mean_rating: float):  # my model")
+    edit(model, "class MatrixFactorization(nn.Module):",
+         "class MatrixFactorization(nn.Module):  # my model")
     commit_all(project)
 
     result = quikgen("update", str(project))
