@@ -96,6 +96,8 @@ def test_mlflow_gets_one_parent_and_a_child_per_trial(project, tmp_path):
         ("learning_rat: {uniform: {lower: 0, upper: 1}}\n", "'learning_rat' is not a training argument"),
         ("bs: {uniform: {lower: 8, upper: 64}}\n", "bs takes whole numbers"),
         ("bs: {choice: {categories: [8, big]}}\n", "bs value 'big' is not valid"),
+        ("precision: {choice: {categories: [bf16, bf17]}}\n",
+         "precision value 'bf17' is not one of fp32, bf16, fp16"),
     ],
 )
 def test_malformed_search_space_fails_in_seconds_naming_the_key(project, tmp_path, space, message):
@@ -107,3 +109,19 @@ def test_malformed_search_space_fails_in_seconds_naming_the_key(project, tmp_pat
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("precision: bf17\n", "precision: invalid choice 'bf17' (choose from fp32, bf16, fp16)"),
+        ("bs: -4\n", "bs: must be a whole number >= 1, got -4"),
+        ("learning_rat: 0.01\n", "unknown argument(s) learning_rat"),
+    ],
+)
+def test_a_config_file_passes_the_command_line_checks(project, tmp_path, config, message):
+    bad = tmp_path / "config.yaml"
+    bad.write_text(config)
+    result = python(project, "main.py", "--config", str(bad), "--epochs", "1", check=False)
+    assert result.returncode == 2  # argparse's way: usage, then the error
+    assert result.stderr.strip().splitlines()[-1].endswith(message)
