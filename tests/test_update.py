@@ -75,7 +75,7 @@ def test_clean_update_brings_every_template_change(project):
 
 
 def test_user_edits_in_main_loop_and_model_survive_the_update(project):
-    edit(project / "main.py", '{"epochs": 5,', '{"epochs": 7,')
+    edit(project / "main.py", '{"epochs": 8,', '{"epochs": 7,')
     edit(project / "demo" / "train.py", "    model = build_model(args, train_set, id_maps)",
          "    model = build_model(args, train_set, id_maps)  # my model wiring")
     model = project / "demo" / "model.py"
@@ -114,7 +114,7 @@ def test_conflicting_edit_is_reported_by_file_with_a_non_zero_exit(project):
 
 
 def test_dirty_tree_is_refused_and_left_as_it_was(project):
-    edit(project / "main.py", '{"epochs": 5,', '{"epochs": 9,')
+    edit(project / "main.py", '{"epochs": 8,', '{"epochs": 9,')
     result = quikgen("update", str(project))
     assert result.exit_code == 1
     assert "uncommitted: main.py" in result.output
@@ -142,7 +142,7 @@ def test_plain_copier_update_gives_the_same_result(project, tmp_path):
 
 
 def test_updated_project_still_passes_its_tests(project):
-    edit(project / "main.py", '{"epochs": 5,', '{"epochs": 7,')
+    edit(project / "main.py", '{"epochs": 8,', '{"epochs": 7,')
     commit_all(project)
     assert quikgen("update", str(project)).exit_code == 0
     python(project, "-m", "pytest", "-q", "-p", "no:cacheprovider")
@@ -163,7 +163,7 @@ def test_downgrade_is_refused(tmp_path, monkeypatch):
 def test_a_feature_toggles_on_and_off_in_an_edited_project(tmp_path):
     project = tmp_path / "toggle"
     assert quikgen("new", str(project), "--defaults").exit_code == 0
-    edit(project / "main.py", '{"epochs": 5,', '{"epochs": 7,')
+    edit(project / "main.py", '{"epochs": 8,', '{"epochs": 7,')
     edit(project / "toggle" / "train.py", "    model = build_model(args, train_set, id_maps)",
          "    model = build_model(args, train_set, id_maps)  # my model wiring")
     commit_all(project)
