@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ from copier.errors import CopierError
 from packaging.version import InvalidVersion, Version
 
 from . import __version__
-from .source import SourceError, bundled_template, publish, source_dir
+from .source import SourceError, bundled_template, has_tag, looks_published, publish, source_dir
 
 ANSWERS_FILE = ".copier-answers.yml"
 # Used for the first commit only when git has no identity configured at all.
@@ -206,7 +207,9 @@ def newest_tag(src: str) -> str | None:
     """The newest stable PEP 440 tag of a template source (a git URL or path)."""
     result = subprocess.run(["git", "ls-remote", "--tags", "--refs", src], capture_output=True, text=True)
     if result.returncode != 0:
-        raise UserError(f"cannot read the template source {src}: {result.stderr.strip()}")
+        raise UserError(f"cannot reach the template source {src} that {ANSWERS_FILE} records; make it "
+                        "reachable from here (check the address and your access with `git ls-remote "
+                        f"{src}`), or set _src_path in {ANSWERS_FILE} to a copy you can reach and commit")
     versions = []
     for line in result.stdout.splitlines():
         tag = line.rsplit("refs/tags/", 1)[-1]
@@ -231,6 +234,42 @@ def read_answers(project: Path) -> dict:
     return recorded
 
 
+def require_tag(repo: Path, tag: str) -> None:
+    """copier replays the project's edits on the template version it was made
+    from, so that version must be in this machine's source too."""
+    if has_tag(repo, tag):
+        return
+    version = Version(tag).base_version
+    if Version(tag).public != version:  # a .postN tag: only that development checkout has it
+        raise UserError(f"the project is at template {tag}, published by a development checkout of "
+                        f"quikgen {version} and missing from this machine's source {repo}; "
+                        "update it on the machine that made it")
+    raise UserError(f"the project is at template {tag}, missing from this machine's source {repo}; "
+                    f"publish it by running quikgen {version} in this project once (pipx run "
+                    f"quikgen=={version} update --check), then update again")
+
+
+@contextmanager
+def recorded_source(project: Path, src: str):
+    """Record ``src`` as the project's template source while copier updates it.
+
+    copier takes the old template from _src_path and refuses a dirty tree, so the
+    rewritten answers file is hidden from git (skip-worktree) until copier has
+    written it again, with the new source, among the update's changes."""
+    answers_path = project / ANSWERS_FILE
+    original = answers_path.read_text()
+    recorded = yaml.safe_load(original)
+    answers_path.write_text(yaml.safe_dump({**recorded, "_src_path": src}, sort_keys=False))
+    git_lines(project, "update-index", "--skip-worktree", ANSWERS_FILE)
+    try:
+        yield
+    except Exception:
+        answers_path.write_text(original)
+        raise
+    finally:
+        git_lines(project, "update-index", "--no-skip-worktree", ANSWERS_FILE)
+
+
 @app.command()
 def update(
     dest: Annotated[Path, typer.Argument(help="The generated project to update.")] = Path("."),
@@ -244,10 +283,19 @@ def update(
         recorded = read_answers(dest)
         src, current = str(recorded["_src_path"]), str(recorded["_commit"])
         # Projects made by quikgen update to this quikgen's own template version;
-        # projects from another source update to that source's newest tag.
-        own_source = Path(src).expanduser().resolve() == source_dir()
+        # projects from another source update to that source's newest tag. A
+        # project made on another machine (a teammate's clone) records that
+        # machine's source, which does not exist here: this machine's takes its place.
+        moved = looks_published(src) and not Path(src).expanduser().exists()
+        own_source = moved or Path(src).expanduser().resolve() == source_dir()
         answers = parse_data(data, template_questions() if own_source else None)
-        target = publish()[1] if own_source else newest_tag(src)
+        if own_source:
+            repo, target = publish()
+        else:
+            target = newest_tag(src)
+        if moved:
+            typer.echo(f"{dest}: the template source {src} is not on this machine; "
+                       f"using this machine's {repo} instead")
         if check:
             if target and Version(target) > Version(current):
                 typer.echo(f"{dest}: template {target} is available (the project is at {current}); "
@@ -260,13 +308,16 @@ def update(
                 f"{dest} uses template {current}, newer than this quikgen's {target}; "
                 "upgrade quikgen (pip install -U quikgen) to update it"
             )
+        if moved:
+            require_tag(repo, current)
         if not (dest / ".git").exists():
             raise UserError(f"{dest} is not a git repository; `git init` and commit it first")
         dirty = dirty_files(dest)
         if dirty:
             raise UserError(f"commit or stash your changes first; uncommitted: {', '.join(dirty)}")
-        copier.run_update(str(dest), data=answers, vcs_ref=target, defaults=True,
-                          overwrite=True, conflict="inline", quiet=True, unsafe=False)
+        with recorded_source(dest, str(repo)) if moved else nullcontext():
+            copier.run_update(str(dest), data=answers, vcs_ref=target, defaults=True,
+                              overwrite=True, conflict="inline", quiet=True, unsafe=False)
     except (UserError, SourceError) as error:
         raise fail(str(error)) from None
     except (CopierError, ValueError) as error:

@@ -129,3 +129,16 @@ def publish(version: str = __version__, template: Path | None = None) -> tuple[P
         _git(repo, "tag", tag)
         return repo, tag
 
+
+def looks_published(src: str) -> bool:
+    """Whether a recorded ``_src_path`` names a source that quikgen published:
+    ``.../quikgen/template``, the layout of every default location. Only the
+    path is known: on a teammate's machine it does not exist."""
+    path = Path(src).expanduser()
+    return path.is_absolute() and path.parts[-2:] == ("quikgen", "template")
+
+
+def has_tag(repo: Path, tag: str) -> bool:
+    result = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}"],
+                            capture_output=True, env={**os.environ, **GIT_ENV})
+    return result.returncode == 0
