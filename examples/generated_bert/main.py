@@ -28,8 +28,11 @@ PREPARE_DATA = "python -m generated_bert.data --synthetic"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_ddp_args(parser)
-    # Defaults suited to fine-tuning a pretrained BERT; change them here or on the command line.
-    add_learn_args(parser, {"epochs": 3, "bs": 32, "lr": 5e-5})
+    # Fine-tuning defaults: BERT's recipe of a linear warmup over the first 10% of the
+    # steps, then a linear decay; gradients clipped to norm 1 as in HF's Trainer.
+    # Change them here or on the command line.
+    add_learn_args(parser, {"epochs": 3, "bs": 32, "lr": 5e-5, "warmup_ratio": 0.1,
+                            "clip_grad": 1.0})
     add_model_args(parser)
     add_mlflow_args(parser)
     add_ray_tune_args(parser)

@@ -41,6 +41,7 @@ non_negative_int = checked(int, lambda value: value >= 0, "a whole number >= 0")
 positive_float = checked(float, lambda value: value > 0, "a number > 0")
 non_negative_float = checked(float, lambda value: value >= 0, "a number >= 0")
 fraction = checked(float, lambda value: 0 < value < 1, "a fraction between 0 and 1")
+unit_interval = checked(float, lambda value: 0 <= value < 1, "a number in [0, 1)")
 port = checked(int, lambda value: 1 <= value <= 65535, "a port from 1 to 65535")
 
 
@@ -100,8 +101,9 @@ def add_ddp_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
         help="rank of this machine among --nodes, 0 is the master (default: %(default)s)",
     )
     group.add_argument(
-        "--master_addr", default="127.0.0.1",
-        help="address of node 0, reachable from every node (default: %(default)s)",
+        "--master_addr", default=None,
+        help="address of node 0, reachable from every node; required on the other nodes "
+        "(default: 127.0.0.1, this machine)",
     )
     group.add_argument(
         "--master_port", type=port, default=None,
@@ -133,8 +135,14 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
         help="peak learning rate (default: %(default)s)",
     )
     group.add_argument(
+        "--warmup_ratio", type=unit_interval, default=0.0,
+        help="share of the steps over which the learning rate rises linearly from 0 to --lr; "
+        "it then falls linearly to 0 at the last step (default: %(default)s)",
+    )
+    group.add_argument(
         "-wd", "--weight_decay", type=non_negative_float, default=0.0,
-        help="decoupled weight decay of AdamW (default: %(default)s)",
+        help="decoupled weight decay of AdamW, on weight matrices only: not on biases, norm "
+        "weights or embedding tables (default: %(default)s)",
     )
     group.add_argument(
         "--betas", type=betas_type, default=(0.9, 0.999),
@@ -158,8 +166,19 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
         help="clip the gradient norm to this value before each step (default: no clipping)",
     )
     group.add_argument(
+        "--patience", type=positive_int, default=None,
+        help="stop when valid_loss has not improved for this many epochs; either way the "
+        "test metrics are taken with the best epoch's weights (default: train every epoch)",
+    )
+    group.add_argument(
         "--accumulate", type=positive_int, default=1,
         help="micro-batches whose gradients add up to one optimizer step (default: %(default)s)",
+    )
+    group.add_argument(
+        "--log_every", type=positive_int, default=10,
+        help="read the training loss from the device every this many steps, for the "
+        "progress bar, the logs and the check that it is finite: reading it makes the CPU "
+        "wait for the GPU (default: %(default)s)",
     )
     group.add_argument(
         "--resume", action="store_true",

@@ -3,18 +3,21 @@
     data/state_dict_eorig_{date}.pt    weights before training
     data/state_dict_e{epoch}_{date}.pt weights after each epoch (0-based)
     data/checkpoint_{date}.pt          everything needed to resume after the last epoch
+    data/run_info_{date}.json          what the weights are: the model's settings, the
+                                       best epoch so far; serving reads it
 
 State dicts hold the bare model's weights: no ``module.`` (DDP) or ``_orig_mod.``
 (torch.compile) prefixes, so they load into a freshly built model.
 """
 
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .args import UsageError
-from .files import data_file, load_torch, save_torch
+from .files import data_file, load_torch, save_torch, write_atomically
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -45,18 +48,36 @@ def load_state_dict(data_dir: Path, epoch: int | str, data_date: str, device="cp
     return load_torch(state_dict_path(data_dir, epoch, data_date), device)
 
 
+def run_info_path(data_dir: Path, data_date: str) -> Path:
+    return data_file(data_dir, "run_info", data_date, ".json")
+
+
+def save_run_info(data_dir: Path, data_date: str, info: dict) -> Path:
+    """Write what a later step needs to rebuild the trained model, e.g.
+    {"best_epoch": 2, "bert_type": ..., "max_length": 128, "label_names": [...]}."""
+    text = json.dumps(info, indent=2) + "\n"
+    return write_atomically(run_info_path(data_dir, data_date),
+                            lambda tmp: Path(tmp).write_text(text))
+
+
+def load_run_info(data_dir: Path, data_date: str) -> dict:
+    path = run_info_path(data_dir, data_date)
+    if not path.is_file():
+        raise UsageError(f"no {path.name} in {data_dir}: nothing was trained on the data of "
+                         f"{data_date} there; train first, or pass its --data_date")
+    return json.loads(path.read_text())
+
+
 def checkpoint_path(data_dir: Path, data_date: str) -> Path:
     return data_file(data_dir, "checkpoint", data_date)
 
 
 def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: int,
                     epochs: int, steps_per_epoch: int, metrics: list[dict]) -> Path:
-    """Everything that decides what happens after ``epoch``. The data order needs
-    no state: each epoch's shuffle is seeded by --seed and the epoch number."""
+    """Everything that decides what happens after ``epoch``. Randomness needs no
+    state: each epoch's shuffle is seeded by --seed and the epoch, and its dropout
+    by --seed, the epoch and the rank (see train.py)."""
     remove_leftovers(path)
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
     return save_torch({
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -66,7 +87,6 @@ def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: i
         "epochs": epochs,
         "steps_per_epoch": steps_per_epoch,
         "metrics": metrics,
-        "rng": rng,
     }, path)
 
 
@@ -96,9 +116,3 @@ def load_checkpoint(path: Path, device: torch.device | str, epochs: int,
             "number of processes"
         )
     return checkpoint
-
-
-def restore_rng(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"].cpu())
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])

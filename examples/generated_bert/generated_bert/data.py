@@ -5,6 +5,8 @@ output the training loop reads, written by ``save_split``:
 
     data/{train,valid,test}_text_{date}.csv   columns text,label (label: class index)
     data/index_to_name_{date}.json            {"0": "negative", "1": "neutral", ...}
+    data/data_info_{date}.json                {"source": CSV path or "synthetic", "rows": N,
+                                              "skipped_rows": N}, by files.save_data_info
 
 Text is stored as text: tokenization happens when training, for the chosen
 ``--bert_type``, and is cached per tokenizer, so one prepared data set serves
@@ -20,7 +22,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from .args import PROJECT_DIR, date_type, fraction, positive_int
-from .files import data_file, today, write_atomically
+from .files import data_file, save_data_info, today, write_atomically
+from .tables import DEFAULT_ENCODING, DataError, add_table_args, read_table
 
 # Labels sort by name, so the same label set always gets the same indices.
 SYNTHETIC_WORDS = {
@@ -39,10 +42,6 @@ SENTENCES = ["the {noun} was {adj}", "i found the {noun} {adj}, {filler}",
 FILLERS = ["overall", "to be honest", "i would say", "this time", "as expected", "in the end"]
 
 
-class DataError(ValueError):
-    """Bad input data; the message says what is wrong and how to fix it."""
-
-
 def make_synthetic(rows: int, seed: int) -> tuple[list[str], list[str]]:
     """Short reviews whose sentiment words decide the label: learnable, not trivial."""
     rng = random.Random(seed)
@@ -57,28 +56,35 @@ def make_synthetic(rows: int, seed: int) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-def read_text_csv(path: Path) -> tuple[list[str], list[str]]:
-    """``text,label`` rows; labels may be any strings, text may hold quotes and commas."""
+def read_text_csv(path: Path, sep: str | None = None, names: list[str] | None = None,
+                  encoding: str = DEFAULT_ENCODING) -> tuple[list[str], list[str], int]:
+    """``text,label`` rows, and how many rows were skipped for having no text.
+    Labels may be any strings, text may hold quotes, commas and line breaks."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no such file: {path}; pass the path of your text,label CSV to --csv")
-    with path.open(newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        if reader.fieldnames is None:
-            raise DataError(f"{path} is empty; it needs a header line text,label and rows")
-        missing = [column for column in ("text", "label") if column not in reader.fieldnames]
-        if missing:
-            raise DataError(f"{path} has no {' or '.join(missing)} column (found "
-                            f"{', '.join(reader.fieldnames)}); name the columns text,label")
-        texts, labels = [], []
-        for line, row in enumerate(reader, start=2):
-            if not (row["text"] or "").strip() or not (row["label"] or "").strip():
-                raise DataError(f"{path} line {line}: empty text or label; fix or remove that row")
-            texts.append(row["text"])
-            labels.append(row["label"].strip())
-    if not texts:
+    frame = read_table(path, sep=sep, names=names, encoding=encoding, as_text=True)
+    if frame.columns.empty:
+        raise DataError(f"{path} is empty; it needs a header line text,label and rows")
+    missing = [column for column in ("text", "label") if column not in frame.columns]
+    if missing:
+        raise DataError(f"{path} has no {' or '.join(missing)} column (found "
+                        f"{', '.join(frame.columns)}); make the first line the header "
+                        "text,label, or rename its columns with --names")
+    if frame.empty:
         raise DataError(f"{path} has a header but no rows; add labelled texts to it")
-    return texts, labels
+    # A spreadsheet export often ends in, or holds, rows with no text: nothing to learn from.
+    has_text = frame["text"].str.strip() != ""
+    skipped = int((~has_text).sum())
+    frame = frame[has_text]
+    if frame.empty:
+        raise DataError(f"{path}: all {skipped} rows have empty text; fill the text column")
+    labels = frame["label"].str.strip()
+    no_label = labels == ""
+    if no_label.any():
+        line = labels.index[no_label.argmax()]
+        raise DataError(f"{path} line {line}: empty label; fix or remove that row")
+    return frame["text"].tolist(), labels.tolist(), skipped
 
 
 def split(texts: list[str], labels: list[str], valid_frac: float, test_frac: float, seed: int):
@@ -112,7 +118,9 @@ def split(texts: list[str], labels: list[str], valid_frac: float, test_frac: flo
     return splits, dict(enumerate(names))
 
 
-def save_split(splits: dict, index_to_name: dict, data_dir: Path, data_date: str) -> list[Path]:
+def save_split(splits: dict, index_to_name: dict, data_dir: Path, data_date: str,
+               source: str, skipped_rows: int) -> list[Path]:
+    """The splits, the label names, and where the rows came from (for the run's records)."""
     written = []
     for name, rows in splits.items():
         def write(tmp, rows=rows):
@@ -125,7 +133,9 @@ def save_split(splits: dict, index_to_name: dict, data_dir: Path, data_date: str
     names_path = data_file(data_dir, "index_to_name", data_date, ".json")
     names_json = json.dumps({str(i): name for i, name in index_to_name.items()}, indent=2)
     write_atomically(names_path, lambda tmp: Path(tmp).write_text(names_json + "\n"))
-    return [*written, names_path]
+    rows = sum(len(rows) for rows in splits.values())
+    info_path = save_data_info(data_dir, data_date, source, rows, skipped_rows)
+    return [*written, names_path, info_path]
 
 
 def load_texts(data_dir: Path, name: str, data_date: str) -> tuple[list[str], list[int]]:
@@ -163,6 +173,7 @@ def parse_args(argv=None):
                         help="where to write the splits (default: the project's data/)")
     parser.add_argument("--data_date", type=date_type, default=None,
                         help="YYYYMMDD date to stamp the files with (default: today)")
+    add_table_args(parser)
     return parser.parse_args(argv)
 
 
@@ -171,12 +182,17 @@ def main(argv=None):
     try:
         if args.synthetic:
             texts, labels = make_synthetic(args.rows, args.seed)
+            source, skipped = "synthetic", 0
         else:
-            texts, labels = read_text_csv(args.csv)
+            texts, labels, skipped = read_text_csv(args.csv, args.sep, args.names, args.encoding)
+            source = str(args.csv.resolve())
         splits, index_to_name = split(texts, labels, args.valid_frac, args.test_frac, args.seed)
     except DataError as error:
         sys.exit(f"error: {error}")
-    written = save_split(splits, index_to_name, args.data_dir, args.data_date or today())
+    if skipped:
+        print(f"skipped {skipped:,} rows with empty text")
+    written = save_split(splits, index_to_name, args.data_dir, args.data_date or today(),
+                         source, skipped)
     sizes = ", ".join(f"{name} {len(rows):,}" for name, rows in splits.items())
     print(f"{len(index_to_name)} labels ({', '.join(index_to_name.values())}); texts: {sizes}")
     for path in written:

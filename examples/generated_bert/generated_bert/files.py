@@ -7,6 +7,7 @@ go to a temporary file that is then renamed over the target, so a crash never
 leaves a half-written file behind.
 """
 
+import json
 import os
 import re
 import tempfile
@@ -73,3 +74,17 @@ def save_torch(obj, path: Path) -> Path:
 def load_torch(path: Path, device: torch.device | str = "cpu"):
     # weights_only: a .pt file can run arbitrary code when unpickled in full.
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def save_data_info(data_dir: Path, data_date: str, source: str, rows: int,
+                   skipped_rows: int) -> Path:
+    """data/data_info_{date}.json: where a prepared data set came from, for the run's records."""
+    info = {"source": source, "rows": rows, "skipped_rows": skipped_rows}
+    path = data_file(data_dir, "data_info", data_date, ".json")
+    return write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+
+
+def load_data_info(data_dir: Path, data_date: str) -> dict | None:
+    """What save_data_info wrote, or None for a data set prepared before it existed."""
+    path = data_file(data_dir, "data_info", data_date, ".json")
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -11,13 +11,15 @@ network; with no network and no cache, the error says how to use a local folder.
 
 import argparse
 import hashlib
+import itertools
 import sys
 from pathlib import Path
 
 import torch
 
 from .args import PROJECT_DIR, UsageError, apply_defaults, date_type, positive_int
-from .files import load_torch, save_torch
+from .data import load_label_names, load_texts
+from .files import data_file, find_data_date, load_torch, save_torch
 
 DEFAULT_MODEL = "bert-base-uncased"
 
@@ -98,36 +100,51 @@ def get_bert_info(bert_type: str, label_names: list[str], max_length: int) -> di
     }
 
 
-def get_encodings(texts: list[str], tokenizer, max_length: int) -> dict[str, torch.Tensor]:
+def get_encodings(texts: list[str], tokenizer, max_length: int,
+                  chunk: int = 10_000) -> dict[str, torch.Tensor]:
     """Token ids of every text, truncated to max_length and stored end to end:
     text i is input_ids[offsets[i]:offsets[i + 1]]. No padding: batches pad
-    themselves to their own longest text."""
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    lengths = torch.tensor([len(row) for row in ids])
-    offsets = torch.zeros(len(ids) + 1, dtype=torch.int64)
-    offsets[1:] = lengths.cumsum(0)
-    flat = torch.tensor([token for row in ids for token in row], dtype=torch.int64)
-    return {"input_ids": flat, "offsets": offsets}
+    themselves to their own longest text. Tokenized a chunk at a time into int32
+    arrays: the tokenizer's Python lists of a whole corpus take tens of times more
+    memory than the result."""
+    ids, lengths = [], []
+    for start in range(0, len(texts), chunk):
+        rows = tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length,
+                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        lengths.append(torch.tensor([len(row) for row in rows], dtype=torch.int64))
+        ids.append(torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=torch.int32))
+    offsets = torch.zeros(len(texts) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cat(lengths).cumsum(0)
+    return {"input_ids": torch.cat(ids), "offsets": offsets}
 
 
-def encoded_split_path(args, tokenizer, name: str) -> Path:
-    """data/tokenized/<tokenizer>/{name}_tensor_{date}.pt: one cache per tokenizer."""
-    source = str(Path(args.bert_type).expanduser().resolve()) if Path(args.bert_type).exists() \
-        else args.bert_type
-    key = hashlib.sha256(f"{source}|{len(tokenizer)}|{args.max_length}".encode()).hexdigest()[:10]
-    folder = f"{Path(args.bert_type).name}-{args.max_length}-{key}"
-    return Path(args.data_dir) / "tokenized" / folder / f"{name}_tensor_{args.data_date}.pt"
+def model_source(bert_type: str) -> str:
+    """--bert_type as an absolute path when it is a local folder, else the hub name."""
+    local = Path(bert_type).expanduser()
+    return str(local.resolve()) if local.exists() else bert_type
 
 
-def load_encoded_split(args, tokenizer, name: str, device="cpu") -> dict[str, torch.Tensor]:
+def encoded_split_path(data_dir: Path, data_date: str, name: str, tokenizer,
+                       max_length: int) -> Path:
+    """data/tokenized/<tokenizer>/{name}_tensor_{date}_{content}.pt: one folder per
+    tokenizer and max_length, one file per content of the split's texts, so that
+    texts prepared again under the same date are tokenized again."""
+    source = model_source(tokenizer.name_or_path)
+    key = hashlib.sha256(f"{source}|{len(tokenizer)}|{max_length}".encode()).hexdigest()[:10]
+    folder = f"{Path(source).name}-{max_length}-{key}"
+    texts_file = data_file(data_dir, f"{name}_text", data_date, ".csv")
+    content = hashlib.sha256(texts_file.read_bytes()).hexdigest()[:12]
+    return Path(data_dir) / "tokenized" / folder / f"{name}_tensor_{data_date}_{content}.pt"
+
+
+def load_encoded_split(data_dir: Path, data_date: str, name: str, tokenizer, max_length: int,
+                       device="cpu") -> dict[str, torch.Tensor]:
     """The split tokenized for this tokenizer: from the cache, else made and cached.
     Holds input_ids and offsets (see get_encodings), labels and the pad token id."""
-    from .data import load_texts
-
-    path = encoded_split_path(args, tokenizer, name)
+    path = encoded_split_path(data_dir, data_date, name, tokenizer, max_length)
     if not path.is_file():
-        texts, labels = load_texts(args.data_dir, name, args.data_date)
-        save_torch({**get_encodings(texts, tokenizer, args.max_length),
+        texts, labels = load_texts(data_dir, name, data_date)
+        save_torch({**get_encodings(texts, tokenizer, max_length),
                     "labels": torch.tensor(labels, dtype=torch.int64),
                     "pad_id": torch.tensor(tokenizer.pad_token_id)}, path)
     return load_torch(path, device)
@@ -190,9 +207,6 @@ def build_tiny_model(texts: list[str], label_names: list[str], out_dir: Path,
 
 
 def main(argv=None):
-    from .data import load_label_names, load_texts
-    from .files import find_data_date
-
     parser = argparse.ArgumentParser(prog=f"python -m {__package__}.hf",
                                      description="Hugging Face helpers for this project.")
     parser.add_argument("--tiny-model", "--tiny_model", dest="tiny_model", type=Path,

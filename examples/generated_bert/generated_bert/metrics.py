@@ -11,9 +11,12 @@ class SmoothedLoss:
     def __init__(self, beta: float = 0.98):
         self.beta, self.average, self.count = beta, 0.0, 0
 
-    def update(self, value: float) -> float:
+    def update(self, value: float) -> None:
         self.count += 1
         self.average = self.beta * self.average + (1 - self.beta) * value
+
+    @property
+    def value(self) -> float:
         return self.average / (1 - self.beta ** self.count)
 
 
@@ -30,12 +33,37 @@ class EpochTimer:
         return hms(time.perf_counter() - self.start)
 
 
-def save_metrics_table(rows: list[dict], path: Path):
-    """Print the table of epochs and write it as CSV; returns the DataFrame."""
+def best_epoch(rows: list[dict]) -> int | None:
+    """The epoch with the lowest valid_loss (the earliest of equals); None before any."""
+    if not rows:
+        return None
+    return min(rows, key=lambda row: row["valid_loss"])["epoch"]
+
+
+def epochs_since_best(rows: list[dict]) -> int:
+    """Epochs finished after the best one: 0 while the last epoch is the best."""
+    return rows[-1]["epoch"] - best_epoch(rows) if rows else 0
+
+
+def epoch_table(rows: list[dict], best: int):
     import pandas as pd  # imported here: nothing else in training needs pandas
 
     table = pd.DataFrame(rows).set_index("epoch")
-    print(table.to_string(float_format=lambda value: f"{value:.4f}"))
+    table["best"] = ["*" if epoch == best else "" for epoch in table.index]
+    return table
+
+
+def print_metrics_table(rows: list[dict], best: int) -> None:
+    """The table of epochs, the best one marked with a *."""
+    print(epoch_table(rows, best).to_string(float_format=lambda value: f"{value:.4f}"))
+
+
+def save_metrics_table(rows: list[dict], best: int, test_metrics: dict, path: Path) -> Path:
+    """The table of epochs as CSV, with the test metrics in the best epoch's row:
+    they were measured with its weights."""
+    table = epoch_table(rows, best)
+    for name, value in test_metrics.items():
+        table.loc[best, name] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path)
-    return table
+    return path

@@ -5,6 +5,7 @@
 """
 
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -61,7 +62,8 @@ def save_confusion_matrix(confusion, label_names: list[str], path: Path) -> Path
 
 def classification_summary(predictions, labels, label_names, data_dir, data_date):
     """Print and save the report and the confusion matrix; return the report as
-    flat metrics (accuracy, per-class F1, weighted averages) and the files."""
+    flat metrics (accuracy, macro-F1, per-class F1 and recall, weighted averages)
+    and the files. Warns when every prediction is one label."""
     from sklearn.metrics import classification_report, confusion_matrix
 
     classes = list(range(len(label_names)))
@@ -75,9 +77,20 @@ def classification_summary(predictions, labels, label_names, data_dir, data_date
         data_file(data_dir, "confusion", data_date, ".png"))
 
     report = classification_report(labels, predictions, output_dict=True, **kwargs)
-    metrics = {"test_accuracy": float((predictions == labels).double().mean())}
+    metrics = {"test_accuracy": float((predictions == labels).double().mean()),
+               "test_macro_f1": report["macro avg"]["f1-score"]}
     for name in label_names:
-        metrics[f"f1_{re.sub(r'[^0-9A-Za-z_.-]', '_', name)}"] = report[name]["f1-score"]
+        safe_name = re.sub(r"[^0-9A-Za-z_.-]", "_", name)  # what metric stores accept in a key
+        metrics[f"f1_{safe_name}"] = report[name]["f1-score"]
+        metrics[f"recall_{safe_name}"] = report[name]["recall"]
     for key in ("precision", "recall", "f1-score"):
         metrics[f"weighted_avg_{key}"] = report["weighted avg"][key]
+    recalls = ", ".join(f"{name} {report[name]['recall']:.4f}" for name in label_names)
+    print(f"test accuracy: {metrics['test_accuracy']:.4f}, macro-F1: "
+          f"{metrics['test_macro_f1']:.4f}; recall per label: {recalls}")
+    predicted = predictions.unique()
+    if len(predicted) == 1 and len(labels.unique()) > 1:
+        print(f"warning: every test text was predicted {label_names[int(predicted)]!r}: the "
+              "model learned only that label; try --balance weights, more --epochs or "
+              "another --lr", file=sys.stderr)
     return metrics, [report_file, confusion_file]

@@ -1,9 +1,13 @@
 """Serve a trained epoch with TorchServe: build an archive, start, stop.
 
-    python -m generated_bert.serve build --epoch 2   # serve/model_store/generated_bert.mar
+    python -m generated_bert.serve build             # archive the best epoch in serve/model_store/
     python -m generated_bert.serve start             # TorchServe on 127.0.0.1:8080
     python -m generated_bert.api texts.csv --out predictions.csv
     python -m generated_bert.serve stop
+
+`build` serves the model as training recorded it in data/run_info_{date}.json:
+the model type (--bert_type), --max_length, the label names, and which epoch
+had the lowest validation loss.
 
 Everything lives in serve/ (ignored by git): the archive's files, the model
 store, TorchServe's configuration, logs, and key_file.json, which holds the
@@ -24,7 +28,8 @@ import urllib.request
 from pathlib import Path
 
 from .args import PROJECT_DIR, UsageError, checked, date_type, positive_int
-from .files import data_file, find_data_date, write_atomically
+from .checkpoints import load_run_info, state_dict_path
+from .files import find_data_date, write_atomically
 
 SERVE_DIR = PROJECT_DIR / "serve"
 MODEL_NAME = "generated_bert"
@@ -33,6 +38,25 @@ HANDLER = Path(__file__).with_name("handler.py")
 REQUIRED_FILES = ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
                   "setup_config.json", "index_to_name.json", "handler.py"]
 SERIALIZED_FILE = "model.safetensors"
+
+
+def mismatch(flag: str, given, recorded, data_date: str) -> UsageError:
+    return UsageError(f"{flag} {given}: the weights of {data_date} were trained with {flag} "
+                      f"{recorded}; drop {flag} to serve them as trained")
+
+
+def use_trained_settings(args, run_info: dict) -> None:
+    """Set the model type, --max_length and labels to those the weights were trained
+    with. Given here too, they must agree: weights read through another tokenizer
+    give wrong answers, not an error."""
+    from .hf import model_source
+
+    if args.bert_type is not None and model_source(args.bert_type) != run_info["bert_type"]:
+        raise mismatch("--bert_type", args.bert_type, run_info["bert_type"], args.data_date)
+    if args.max_length is not None and args.max_length != run_info["max_length"]:
+        raise mismatch("--max_length", args.max_length, run_info["max_length"], args.data_date)
+    args.bert_type, args.max_length = run_info["bert_type"], run_info["max_length"]
+    args.label_names = run_info["label_names"]
 
 
 def write_json(path: Path, data) -> Path:
@@ -44,15 +68,14 @@ def build_extra_files(args, build_dir: Path) -> Path:
     """Write into build_dir everything the archive holds besides the archiver's own."""
     build_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(HANDLER, build_dir / "handler.py")  # rendered into the project, never downloaded
-    from .data import load_label_names, load_texts
+    from .data import load_texts
     from .hf import get_bert_info, get_tokenizer, save_bert_model, save_tokenizer
 
-    label_names = load_label_names(args.data_dir, args.data_date)
-    save_bert_model(args, args.epoch, build_dir, label_names)
+    save_bert_model(args, args.epoch, build_dir, args.label_names)
     save_tokenizer(get_tokenizer(args.bert_type), build_dir)
     write_json(build_dir / "setup_config.json",
-               get_bert_info(args.bert_type, label_names, args.max_length))
-    write_json(build_dir / "index_to_name.json", dict(enumerate(label_names)))
+               get_bert_info(args.bert_type, args.label_names, args.max_length))
+    write_json(build_dir / "index_to_name.json", dict(enumerate(args.label_names)))
     sample = load_texts(args.data_dir, "test", args.data_date)[0][:3]
     write_json(build_dir / "sample_text.json", sample)
     return build_dir
@@ -88,6 +111,9 @@ def create_mar(build_dir: Path, model_store: Path, batch_size: int, max_batch_de
     return mar
 
 
+epoch_type = checked(lambda text: text if text in ("best", "orig") else int(text),
+                     lambda epoch: isinstance(epoch, str) or epoch >= 0,
+                     "best, orig or an epoch number >= 0")
 base_port = checked(int, lambda port: 1 <= port <= 65535 - 4,
                     "a port from 1 to 65531: TorchServe takes it and the next four")
 
@@ -198,17 +224,26 @@ def parse_args(argv=None):
                                      description="Serve a trained epoch with TorchServe.")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="archive a saved epoch as a .mar")
-    build.add_argument("--epoch", required=True,
-                       help="the epoch whose state dict to serve, e.g. 2 (0-based)")
+    build.add_argument("--epoch", type=epoch_type, default="best",
+                       help="the epoch whose state dict to serve: best (the lowest validation "
+                       "loss), a number such as 2 (0-based), or orig, the weights before "
+                       "training (default: %(default)s)")
     build.add_argument("--data_date", type=date_type, default=None,
                        help="YYYYMMDD of the data set the model was trained on (default: newest)")
     build.add_argument("--batch_size", type=positive_int, default=8,
                        help="requests TorchServe groups into one batch (default: %(default)s)")
     build.add_argument("--max_batch_delay", type=positive_int, default=50,
                        help="milliseconds TorchServe waits to fill a batch (default: %(default)s)")
+    build.add_argument("-bt", "--bert_type", default=None,
+                       help="not needed: the model type training recorded is served; "
+                       "a different one is refused")
+    build.add_argument("--max_length", type=positive_int, default=None,
+                       help="not needed: the --max_length training recorded is served; "
+                       "a different one is refused")
     build.add_argument("--mlflow_filter", default=None,
                        help="take the state dict from the one MLflow run this filter matches, "
-                       "e.g. \"attributes.run_name = 'baseline'\"")
+                       "e.g. \"attributes.run_name = 'baseline'\"; --epoch best is its "
+                       "best_epoch tag, the model's settings those recorded here")
     begin = commands.add_parser("start", help="start TorchServe on 127.0.0.1 with the archive")
     begin.add_argument("--port", type=base_port, default=8080,
                        help="inference port; management, metrics and gRPC take the next four "
@@ -217,7 +252,7 @@ def parse_args(argv=None):
                        help="let any local process query the server without a token")
     commands.add_parser("stop", help="stop the TorchServe started from serve/")
     args, rest = parser.parse_known_args(argv)
-    if args.command == "build":  # the rest are training flags, e.g. --bert_type
+    if args.command == "build":  # the rest are training flags, e.g. --output_dir
         training = entry_point.parse_args([*rest, *(["--data_date", args.data_date]
                                                     if args.data_date else [])])
         vars(training).update({key: value for key, value in vars(args).items()
@@ -228,27 +263,43 @@ def parse_args(argv=None):
     return args
 
 
+def build(args) -> Path:
+    """Archive epoch --epoch of the run on --data_date with the settings it was trained with."""
+    args.data_date = find_data_date(args.data_dir, args.data_date,
+                                    f"python -m {__package__}.data --synthetic")
+    trained_in = args.output_dir  # where training recorded the run's settings
+    if args.mlflow_filter:
+        from .tracking import STATE_DICT_NAME, get_state_dict
+
+        # The run names the epoch ("best": its best_epoch tag) and the data set;
+        # the settings are those this project recorded when it trained on that data.
+        fetched = get_state_dict(args, args.epoch, args.mlflow_filter,
+                                 dst=SERVE_DIR / "from_mlflow")
+        saved = STATE_DICT_NAME.match(fetched.name)
+        args.output_dir, args.epoch, args.data_date = fetched.parent, saved["epoch"], saved["date"]
+    run_info = load_run_info(trained_in, args.data_date)
+    use_trained_settings(args, run_info)
+    if args.epoch == "best":
+        if run_info["best_epoch"] is None:
+            raise UsageError(f"no epoch of the run on {args.data_date} has finished yet; "
+                             "build once one has, or pass --epoch orig")
+        args.epoch = run_info["best_epoch"]
+    state_dict = state_dict_path(args.output_dir, args.epoch, args.data_date)
+    if not state_dict.is_file():
+        raise UsageError(f"no state dict for epoch {args.epoch} of {args.data_date} in "
+                         f"{args.output_dir}; train first, or pick another --epoch")
+    build_dir = SERVE_DIR / "build"
+    shutil.rmtree(build_dir, ignore_errors=True)
+    return create_mar(build_extra_files(args, build_dir), SERVE_DIR / "model_store",
+                      args.batch_size, args.max_batch_delay)
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
         if args.command == "build":
-            args.data_date = find_data_date(args.data_dir, args.data_date,
-                                            f"python -m {__package__}.data --synthetic")
-            if args.mlflow_filter:
-                from .tracking import get_state_dict
-
-                fetched = get_state_dict(args, args.epoch, args.mlflow_filter,
-                                         dst=SERVE_DIR / "from_mlflow")
-                args.output_dir, args.data_date = fetched.parent, fetched.stem.rsplit("_", 1)[1]
-            build_dir = SERVE_DIR / "build"
-            shutil.rmtree(build_dir, ignore_errors=True)
-            state_dict = data_file(args.output_dir, f"state_dict_e{args.epoch}", args.data_date)
-            if not state_dict.is_file():
-                raise UsageError(f"no state dict for epoch {args.epoch} of {args.data_date} in "
-                                 f"{args.output_dir}; train first, or pick another --epoch")
-            mar = create_mar(build_extra_files(args, build_dir), SERVE_DIR / "model_store",
-                             args.batch_size, args.max_batch_delay)
-            print(f"wrote {mar}")
+            mar = build(args)
+            print(f"wrote {mar}: epoch {args.epoch} of {args.data_date}")
         elif args.command == "start":
             url = start(SERVE_DIR, args.port, token_auth=not args.disable_token_auth)
             print(f"serving {url}; tokens in {SERVE_DIR / 'key_file.json'}")

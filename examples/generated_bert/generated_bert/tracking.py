@@ -6,8 +6,9 @@
 
 The launching process creates the run and ends it FINISHED, or FAILED if
 training raised; rank 0 logs into it: the parameters in one batch, ``train_loss``
-per optimizer step and ``valid_loss`` per epoch on the same step axis, and each
-epoch's state dict as an artifact. MLflow is imported only when a run is asked
+per optimizer step and ``valid_loss`` per epoch on the same step axis, each
+epoch's state dict as an artifact, the test metrics, and a ``best_epoch`` tag
+naming the epoch whose weights they were measured with. MLflow is imported only when a run is asked
 for, so training without ``--use_mlflow`` does not pay for it.
 
 A store that cannot be reached at the start fails the job in seconds (a typo in
@@ -27,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .args import PROJECT_DIR, UsageError, apply_defaults
+from .files import load_data_info
 
 PROJECT_KIND = "bert"
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
@@ -145,10 +147,13 @@ def git_commit() -> str | None:
 
 
 def run_params(args) -> dict[str, str]:
-    """Every argument of the job, as MLflow parameters."""
+    """Every argument of the job, and where its data came from (the prepared data
+    set's source, rows and rows skipped), as MLflow parameters."""
     hidden = {"mlflow_run_id", "parent_run_id", "local_rank"}
-    return {key: str(value) for key, value in sorted(vars(args).items())
-            if key not in hidden and value is not None}
+    params = {key: value for key, value in vars(args).items() if key not in hidden}
+    data_info = load_data_info(args.data_dir, args.data_date) or {}
+    params.update({f"data_{key}": value for key, value in data_info.items()})
+    return {key: str(value) for key, value in sorted(params.items()) if value is not None}
 
 
 def close_child_runs(args, failed: set[str]) -> None:
@@ -167,9 +172,11 @@ def close_child_runs(args, failed: set[str]) -> None:
 
 @contextmanager
 def mlflow_run(args, parent_run_id: str | None = None, tags: dict | None = None):
-    """Create the job's run; yield its id (None without --use_mlflow, or on a
-    torchrun rank other than 0); end it FINISHED, KILLED or FAILED."""
-    if not args.use_mlflow or os.environ.get("RANK", "0") != "0":
+    """Create the job's run; yield its id (None without --use_mlflow, on a node
+    other than node 0, or on a torchrun rank other than 0); end it FINISHED,
+    KILLED or FAILED."""
+    # Each node of a --nodes job runs main.py once; under torchrun each rank does.
+    if not args.use_mlflow or args.nr != 0 or os.environ.get("RANK", "0") != "0":
         yield None
         return
     client, experiment_id = connect(args)
@@ -228,6 +235,14 @@ class RunLogger:
                 return
             del self.pending[:len(batch)]
 
+    def set_tag(self, key: str, value) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.set_tag(self.run_id, key, str(value))
+        except (MlflowException, OSError) as error:
+            warn(f"tag {key}={value} not set", error)
+
     def log_artifact(self, path: Path) -> None:
         from mlflow.exceptions import MlflowException
 
@@ -245,6 +260,7 @@ def get_state_dict(args, epoch: int | str, filter_string: str | None = None,
                    run_id: str | None = None, dst: Path | None = None) -> Path:
     """Download epoch ``epoch``'s state dict of one run into ``dst`` (default
     --data_dir) and return its path; its name carries the data set's date.
+    ``epoch`` "best" is the epoch of the run's best_epoch tag.
 
     Name the run by ``run_id``, or by a filter such as "params.lr = '0.01'" or
     "attributes.run_name = 'baseline'" that matches exactly one run.
@@ -259,6 +275,11 @@ def get_state_dict(args, epoch: int | str, filter_string: str | None = None,
             raise UsageError(f"{found} {filter_string!r} in experiment {args.experiment!r}; "
                              "name exactly one run, e.g. \"attributes.run_id = '...'\"")
         run_id = runs[0].info.run_id
+    if str(epoch) == "best":
+        epoch = client.get_run(run_id).data.tags.get("best_epoch")
+        if epoch is None:
+            raise UsageError(f"run {run_id} has no best_epoch tag (it did not finish); "
+                             "name an epoch instead")
     saved = {match["epoch"]: artifact.path for artifact in client.list_artifacts(run_id)
              if (match := STATE_DICT_NAME.match(artifact.path))}
     if str(epoch) not in saved:

@@ -1,57 +1,113 @@
 """train(args, gpu): the whole training loop, top to bottom.
 
 world -> data -> model -> optimizer and schedule -> resume -> DDP wrap ->
-epochs of (train, validate, record, save) -> test -> clean up.
+epochs of (train, validate, record, save) until --epochs or --patience ->
+the best epoch's weights -> test -> clean up.
 """
 
-import inspect
 import math
+import sys
 from contextlib import nullcontext
 from functools import partial
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .args import UsageError
-from .batching import batches, groups_of, num_rows, shard
+from .batching import batches, groups_of, num_rows, oversampled_rows, shard
 from .checkpoints import (
     checkpoint_path,
     load_checkpoint,
-    restore_rng,
+    load_state_dict,
+    run_info_path,
     save_checkpoint,
+    save_run_info,
     save_state_dict,
     state_dict_path,
     unwrap,
 )
 from .data import load_label_names
 from .files import data_file
-from .hf import get_tokenizer, load_encoded_split
-from .metrics import EpochTimer, SmoothedLoss, save_metrics_table
-from .model import build_model, compute_loss
+from .hf import get_tokenizer, load_encoded_split, model_source
+from .metrics import (
+    EpochTimer,
+    SmoothedLoss,
+    best_epoch,
+    epochs_since_best,
+    print_metrics_table,
+    save_metrics_table,
+)
+from .model import balanced_class_weights, build_model, compute_loss
 from .report import classification_summary, predict
 from .tracking import RunLogger
 from .tune import report_epoch
-from .world import average_across_ranks, cleanup_world, logger_first, setup_world
+from .world import (
+    average_across_ranks,
+    broadcast_from_logger,
+    cleanup_world,
+    first_on_each_node,
+    min_across_ranks,
+    setup_world,
+)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The dtype autocast runs in, or None for plain fp32."""
+    # Emulated bf16 (V100, T4) counts as supported by default, and is slow.
+    bf16_native = device.type == "cpu" or torch.cuda.is_bf16_supported(including_emulation=False)
     if precision == "amp":  # --mixed_precision: bf16 where the device has it, else fp16
-        bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16_ok else torch.float16
+        return torch.bfloat16 if bf16_native else torch.float16
+    if precision == "bf16" and not bf16_native:
+        print(f"warning: {torch.cuda.get_device_name(device)} only emulates bf16, which is slow; "
+              "--precision fp16 runs natively", file=sys.stderr)
     return PRECISIONS[precision]
 
 
-def build_optimizer(optimizer_class, params, args, **extra_kwargs):
-    """optimizer_class(params, lr=..., weight_decay=..., betas=..., eps=..., **extra_kwargs),
-    passing only the arguments optimizer_class accepts (SGD has no betas)."""
-    accepted = inspect.signature(optimizer_class).parameters
-    kwargs = {"lr": args.lr, "weight_decay": args.weight_decay, "betas": args.betas,
-              "eps": args.eps, **extra_kwargs}
-    return optimizer_class(params, **{k: v for k, v in kwargs.items() if k in accepted})
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's parameter groups: decoupled weight decay on weight matrices only.
+    Biases and norm weights are not decayed (as Hugging Face and nanoGPT do), nor
+    are embedding tables, most of whose rows a step does not even look up."""
+    tables = {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)}
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.ndim >= 2 and id(parameter) not in tables:
+            decay.append(parameter)
+        else:
+            no_decay.append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
+    """Hugging Face's linear schedule: the learning rate rises from 0 to --lr over
+    warmup_steps, then falls to 0 at total_steps. Adam's betas stay as given
+    (OneCycleLR would cycle beta1)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def read_losses(step_losses: list[torch.Tensor], world, epoch: int, first_step: int) -> list[float]:
+    """The losses of the last steps as floats, read from the device at once. A loss
+    that is not finite on any rank stops every rank together, naming the first step."""
+    losses = torch.stack(step_losses).float()
+    steps = torch.arange(len(losses), device=losses.device)
+    first_bad = min_across_ranks(torch.where(losses.isfinite(), len(losses), steps).min(), world)
+    values = losses.tolist()
+    if first_bad < len(values):
+        value = values[first_bad]
+        raise UsageError(
+            f"loss is {value if not math.isfinite(value) else 'not finite on another rank'} at "
+            f"epoch {epoch + 1}, step {first_step + first_bad + 1}; try a lower --lr, "
+            "--clip_grad, or --precision fp32")
+    return values
 
 
 @torch.no_grad()
@@ -75,23 +131,36 @@ def train(args, gpu=None):
     world = setup_world(gpu)
     torch.manual_seed(args.seed)
     # Data: the texts, tokenized for --bert_type once and cached under data/tokenized/
-    # (rank 0 fills the cache, the others read it), kept on the device.
+    # (each machine's first process fills the cache, the others read it), kept on
+    # the device.
     tokenizer = get_tokenizer(args.bert_type)
     label_names = load_label_names(args.data_dir, args.data_date)
-    with logger_first(world):
+    with first_on_each_node(world):
         train_set, valid_set, test_set = (
-            load_encoded_split(args, tokenizer, name, world.device)
+            load_encoded_split(args.data_dir, args.data_date, name, tokenizer, args.max_length,
+                               world.device)
             for name in ("train", "valid", "test"))
 
     model = build_model(args, label_names).to(world.device)
+    # --balance: rarer labels weigh more in the training loss, or their texts are
+    # drawn again (once, seeded) until every label has as many as the commonest.
+    class_weights = (balanced_class_weights(train_set["labels"], len(label_names))
+                     if args.balance == "weights" else None)
+    training_loss = partial(compute_loss, class_weights=class_weights)
+    train_rows = (oversampled_rows(train_set["labels"], args.seed)
+                  if args.balance == "oversample" else torch.arange(num_rows(train_set)))
+    # What serving needs to rebuild the model; saved beside the state dicts.
+    run_info = {"bert_type": model_source(args.bert_type), "max_length": args.max_length,
+                "label_names": label_names}
 
-    rows_per_rank = math.ceil(num_rows(train_set) / world.world_size)
+    rows_per_rank = math.ceil(len(train_rows) / world.world_size)
     steps_per_epoch = math.ceil(math.ceil(rows_per_rank / args.bs) / args.accumulate)
+    total_steps = args.epochs * steps_per_epoch
     # Fused AdamW runs one kernel for all parameters instead of several per tensor.
-    optimizer = build_optimizer(torch.optim.AdamW, model.parameters(), args,
-                                fused=world.device.type in ("cpu", "cuda"))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, args.weight_decay), lr=args.lr, betas=args.betas, eps=args.eps,
+        fused=world.device.type in ("cpu", "cuda"))
+    scheduler = linear_schedule(optimizer, round(args.warmup_ratio * total_steps), total_steps)
 
     # Mixed precision: autocast picks the dtype per op. Only fp16 needs the scaler,
     # which keeps small gradients from flushing to zero; disabled, it is a no-op.
@@ -108,10 +177,12 @@ def train(args, gpu=None):
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
-        restore_rng(checkpoint["rng"])
         metrics, first_epoch = checkpoint["metrics"], checkpoint["epoch"] + 1
     elif world.is_logger:
         save_state_dict(model, args.output_dir, "orig", args.data_date)
+    if world.is_logger:
+        save_run_info(args.output_dir, args.data_date,
+                      {**run_info, "best_epoch": best_epoch(metrics)})
 
     if world.is_ddp:
         model = DistributedDataParallel(
@@ -127,14 +198,24 @@ def train(args, gpu=None):
             print(f"resuming after epoch {first_epoch - 1} from {checkpoint_file}")
 
     for epoch in range(first_epoch, args.epochs):
+        # Every rank has the same valid losses, so every rank stops at the same epoch.
+        if args.patience and epochs_since_best(metrics) >= args.patience:
+            if world.is_logger:
+                print(f"valid_loss has not improved for {args.patience} epoch(s) since epoch "
+                      f"{best_epoch(metrics)}: stopping early")
+            break
         timer = EpochTimer()
         model.train()
+        # Dropout draws from a stream of its own per epoch and rank: a resumed epoch
+        # draws what the uninterrupted run drew, on every rank.
+        torch.manual_seed(hash((args.seed, epoch, world.rank)))
         # A new order every epoch, the same on every rank; each rank takes its shard.
-        order = torch.randperm(num_rows(train_set),
-                               generator=torch.Generator().manual_seed(args.seed + epoch))
+        shuffle = torch.Generator().manual_seed(args.seed + epoch)
+        order = train_rows[torch.randperm(len(train_rows), generator=shuffle)]
         micro_batches = batches(train_set, shard(order, world, pad=True), args.bs,
                                 shuffle_seed=args.seed + epoch)
         smoothed = SmoothedLoss()
+        step_losses = []  # on the device until read, every --log_every steps
         loss_sum = torch.zeros((), device=world.device)
         rows_seen = torch.zeros((), device=world.device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch: {epoch + 1}/{args.epochs}",
@@ -147,28 +228,36 @@ def train(args, gpu=None):
                 is_last = i == len(group) - 1
                 with nullcontext() if is_last or not world.is_ddp else model.no_sync():
                     with autocast():
-                        loss = compute_loss(model, batch)
+                        loss = training_loss(model, batch)
                     scaler.scale(loss / len(group)).backward()
                 step_loss += loss.detach() / len(group)
                 loss_sum += loss.detach() * num_rows(batch)
                 rows_seen += num_rows(batch)
 
-            loss_value = step_loss.item()
-            if not math.isfinite(loss_value):
-                raise UsageError(
-                    f"loss is {loss_value} at epoch {epoch + 1}, step {step + 1}; try a lower "
-                    "--lr, --clip_grad, or --precision fp32")
             if args.clip_grad:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-            scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
-            scaler.update()
-            scheduler.step()
+            scale = scaler.get_scale()
+            scaler.step(optimizer)  # skips the step if fp16 gradients overflowed,
+            scaler.update()  # and then lowers the scale
+            if scaler.get_scale() >= scale:  # so the schedule moves only on real steps
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            bar.set_postfix(loss=f"{smoothed.update(loss_value):.4f}", refresh=False)
+            step_losses.append(step_loss)
             bar.update()
-            if tracker:
-                tracker.log_metric("train_loss", loss_value, epoch * steps_per_epoch + step + 1)
+
+            # Reading a loss makes the CPU wait for the device, so losses are read
+            # every --log_every steps, not every step (nanoGPT's log_interval).
+            if len(step_losses) == args.log_every or step + 1 == steps_per_epoch:
+                first_step = step + 1 - len(step_losses)
+                values = read_losses(step_losses, world, epoch, first_step)
+                step_losses = []
+                for value in values:
+                    smoothed.update(value)
+                bar.set_postfix(loss=f"{smoothed.value:.4f}", refresh=False)
+                if tracker:
+                    for offset, value in enumerate(values, start=first_step + 1):
+                        tracker.log_metric("train_loss", value, epoch * steps_per_epoch + offset)
         bar.close()
 
         # The all-reduces here are also the barrier: every rank has finished the
@@ -183,26 +272,42 @@ def train(args, gpu=None):
                             scheduler=scheduler, scaler=scaler, epoch=epoch,
                             epochs=args.epochs, steps_per_epoch=steps_per_epoch,
                             metrics=metrics)
+            save_run_info(args.output_dir, args.data_date,
+                          {**run_info, "best_epoch": best_epoch(metrics)})
         if args.use_ray_tune:  # a trial of a search: ASHA may stop it here
             report_epoch(args, {**metrics[-1], "world_size": world.world_size})
         if tracker:
             tracker.log_metric("valid_loss", valid_loss, (epoch + 1) * steps_per_epoch)
             tracker.flush()
             tracker.log_artifact(state_dict_path(args.output_dir, epoch, args.data_date))
+
+    best = best_epoch(metrics)
+    if world.is_logger:
+        print_metrics_table(metrics, best)
+    if best != metrics[-1]["epoch"]:
+        # Test the best epoch's weights (HF's load_best_model_at_end). Rank 0 reads
+        # the state dict it saved and sends it, so the others need no shared disk.
+        weights = (load_state_dict(args.output_dir, best, args.data_date, world.device)
+                   if world.is_logger else unwrap(model).state_dict())
+        unwrap(model).load_state_dict(broadcast_from_logger(weights, world))
     test_loss = evaluate(model, test_set, args.bs, world, autocast)
     if world.is_logger:
-        metrics_file = data_file(args.output_dir, "metrics", args.data_date, ".csv")
-        save_metrics_table(metrics, metrics_file)
         print(f"test loss: {test_loss:.4f}")
         # One process scores the whole test set, so the report needs no gathering.
         predictions = predict(unwrap(model), test_set, args.bs, autocast)
         report, report_files = classification_summary(
             predictions, test_set["labels"].cpu(), label_names, args.output_dir, args.data_date)
+        test_metrics = {"test_loss": test_loss, **report}
+        metrics_file = data_file(args.output_dir, "metrics", args.data_date, ".csv")
+        save_metrics_table(metrics, best, test_metrics, metrics_file)
     if tracker:
-        for name, value in {"test_loss": test_loss, **report}.items():
-            tracker.log_metric(name, value, args.epochs * steps_per_epoch)
+        for name, value in test_metrics.items():
+            tracker.log_metric(name, value, total_steps)
         tracker.flush()
-        for path in [metrics_file, *report_files]:
+        tracker.set_tag("best_epoch", best)
+        tracker.log_artifact(metrics_file)
+        tracker.log_artifact(run_info_path(args.output_dir, args.data_date))
+        for path in report_files:
             tracker.log_artifact(path)
     cleanup_world(world)
     return metrics

@@ -90,9 +90,11 @@ def load_search_space(path: Path, parser: argparse.ArgumentParser) -> dict:
     if not isinstance(space, dict) or not space:
         raise UsageError(f"{path} must map argument names to samplers, e.g. "
                          "lr: {loguniform: {lower: 1.0e-4, upper: 1.0e-1}}")
-    actions = {action.dest: action for group in parser._action_groups
-               if group.title in TUNABLE_GROUPS for action in group._group_actions
-               if action.dest not in NOT_TUNABLE}
+    tunable = [action for group in parser._action_groups if group.title in TUNABLE_GROUPS
+               for action in group._group_actions if action.dest not in NOT_TUNABLE]
+    # Per name, the flag that takes a value (--precision, not -amp's shortcut to it).
+    actions = {action.dest: action for action in tunable if action.nargs == 0}
+    actions.update({action.dest: action for action in tunable if action.nargs != 0})
     checked = {}
     for key, spec in space.items():
         if key not in actions:
@@ -114,13 +116,16 @@ def load_search_space(path: Path, parser: argparse.ArgumentParser) -> dict:
             values = next(iter(kwargs.values()))
             if not isinstance(values, list) or not values:
                 raise UsageError(f"tune.yaml: {key}.{sampler} needs a non-empty list")
-            if actions[key].type is not None:
-                for value in values:
-                    try:
-                        actions[key].type(str(value))
-                    except (ValueError, argparse.ArgumentTypeError) as error:
-                        raise UsageError(f"tune.yaml: {key} value {value!r} is not valid for "
-                                         f"--{key} ({error})") from None
+            for value in values:
+                try:
+                    if actions[key].type is not None:
+                        value = actions[key].type(str(value))
+                except (ValueError, argparse.ArgumentTypeError) as error:
+                    raise UsageError(f"tune.yaml: {key} value {value!r} is not valid for "
+                                     f"--{key} ({error})") from None
+                if actions[key].choices is not None and value not in actions[key].choices:
+                    raise UsageError(f"tune.yaml: {key} value {value!r} is not one of "
+                                     f"{', '.join(map(str, actions[key].choices))}")
             checked[key] = (sampler, kwargs)
             continue
         if whole and sampler in FLOAT_SAMPLERS:
@@ -144,15 +149,24 @@ def load_config_file(path: Path, parser: argparse.ArgumentParser) -> dict:
     if not Path(path).is_file():
         raise UsageError(f"--config {path}: no such file")
     values = yaml.safe_load(Path(path).read_text()) or {}
-    actions = {action.dest: action for action in parser._actions}
-    unknown = sorted(set(values) - set(actions))
-    if not isinstance(values, dict) or unknown:
+    # Per name, the flag that takes a value (--precision, not -amp's shortcut to it).
+    actions = {action.dest: action for action in parser._actions if action.nargs == 0}
+    actions.update({action.dest: action for action in parser._actions if action.nargs != 0})
+    unknown = sorted(set(values) - set(actions)) if isinstance(values, dict) else ["?"]
+    if unknown:
         raise UsageError(f"--config {path}: unknown argument(s) {', '.join(map(str, unknown))}")
     converted = {}
     for key, value in values.items():
+        # The same checks as on the command line: the flag's type, then its choices.
         action = actions[key]
-        if action.type is not None and not isinstance(value, list):
-            value = action.type(str(value))
+        try:
+            if action.type is not None and not isinstance(value, list):
+                value = action.type(str(value))
+        except (ValueError, argparse.ArgumentTypeError) as error:
+            raise UsageError(f"--config {path}: {key}: {error}") from None
+        if action.choices is not None and value not in action.choices:
+            raise UsageError(f"--config {path}: {key}: invalid choice {value!r} (choose from "
+                             f"{', '.join(map(str, action.choices))})")
         converted[key] = tuple(value) if isinstance(value, list) else value
     return converted
 
@@ -199,7 +213,6 @@ def _ddp_worker(trial_args, train_fn) -> None:
 
 def _ddp_trial(config: dict, args, train_fn, worker_resources: dict) -> None:
     """A Tune trial that runs the training as a Ray Train DDP job."""
-    import torch
     from ray import train, tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -215,7 +228,7 @@ def _ddp_trial(config: dict, args, train_fn, worker_resources: dict) -> None:
             worker,
             train_loop_config={"args": trial_args},
             scaling_config=train.ScalingConfig(
-                num_workers=args.workers_per_trial, use_gpu=torch.cuda.is_available(),
+                num_workers=args.workers_per_trial, use_gpu="GPU" in worker_resources,
                 resources_per_worker=worker_resources),
             run_config=train.RunConfig(
                 name=f"train-{trial_id}",
@@ -245,13 +258,13 @@ def run_search(args, train_fn, space: dict):
     except ImportError:
         raise UsageError("--use_ray_tune needs Ray: pip install 'ray[default,tune,train]' "
                          "(or pip install -e '.[ray]')") from None
-    import torch
 
     # One folder per search, so results of earlier searches never mix in.
     args.search_name = f"tune_{args.data_date}_{datetime.now():%H%M%S}"
     ray.init(logging_level="WARNING")
+    # The cluster's resources, not this machine's: a head node may have no GPU.
     cpus = ray.cluster_resources().get("CPU", 1)
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = int(ray.cluster_resources().get("GPU", 0))
     workers = args.workers_per_trial
     if workers == 1:
         def trial(config):

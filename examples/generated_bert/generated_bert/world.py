@@ -108,8 +108,11 @@ def launch(train_fn, args) -> None:
         )
     if args.nr >= args.nodes:
         raise LaunchError(f"--nr {args.nr} must be below --nodes {args.nodes}")
+    if args.nr > 0 and args.master_addr is None:
+        raise LaunchError(f"--nr {args.nr} runs on another machine than node 0: pass "
+                          "--master_addr with node 0's address")
     # One rendezvous for the whole job, chosen here, before any rank starts.
-    os.environ["MASTER_ADDR"] = args.master_addr
+    os.environ["MASTER_ADDR"] = args.master_addr or "127.0.0.1"
     os.environ["MASTER_PORT"] = str(args.master_port or free_port())
     try:
         mp.spawn(_spawned_process, args=(train_fn, args, procs_per_node, gpus > 0),
@@ -142,6 +145,9 @@ def setup_world(gpu: int | None) -> World:
     device = torch.device("cuda", gpu) if gpu is not None else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        # TF32 for fp32 matmuls on Ampere and newer: several times faster, and
+        # precise enough to train with.
+        torch.set_float32_matmul_precision("high")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if device.type == "cpu" and local_world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
@@ -151,10 +157,11 @@ def setup_world(gpu: int | None) -> World:
     owns_process_group = world_size > 1 and not dist.is_initialized()
     if owns_process_group:
         # Reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE from the environment.
-        # The timeout bounds how long ranks wait for a peer that died.
+        # The timeout bounds how long ranks wait in a collective: long enough for
+        # what rank 0 does alone meanwhile (tokenizing, writing checkpoints, uploads).
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
-            timeout=timedelta(minutes=5),
+            timeout=timedelta(minutes=30),
             device_id=device if device.type == "cuda" else None,
         )
     return World(
@@ -172,13 +179,14 @@ def cleanup_world(world: World) -> None:
 
 
 @contextmanager
-def logger_first(world: World):
-    """Run the block on the logger rank first, then on the others: one process
-    fills a cache (tokenized data, downloads) that the others then read."""
-    if world.is_ddp and not world.is_logger:
+def first_on_each_node(world: World):
+    """Run the block on each node's first process, then on the others: one process
+    per machine fills a cache (tokenized data, downloads) that its neighbours then
+    read, with or without a filesystem shared between machines."""
+    if world.is_ddp and world.local_rank != 0:
         dist.barrier()
     yield
-    if world.is_ddp and world.is_logger:
+    if world.is_ddp and world.local_rank == 0:
         dist.barrier()
 
 
@@ -188,3 +196,20 @@ def average_across_ranks(total: torch.Tensor, count: torch.Tensor, world: World)
     if world.is_ddp:
         dist.all_reduce(both)
     return (both[0] / both[1]).item()
+
+
+def min_across_ranks(value: torch.Tensor, world: World) -> int:
+    """The smallest of every rank's ``value`` (a one-element tensor)."""
+    value = value.detach().reshape(1).to(world.device, torch.int64)
+    if world.is_ddp:
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item())
+
+
+def broadcast_from_logger(tensors: dict[str, torch.Tensor], world: World) -> dict:
+    """Rank 0's ``tensors`` on every rank, received in place into the other ranks'
+    tensors of the same names and shapes (e.g. their model's state_dict())."""
+    if world.is_ddp:
+        for tensor in tensors.values():
+            dist.broadcast(tensor, src=0)
+    return tensors

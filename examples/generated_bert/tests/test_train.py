@@ -63,13 +63,28 @@ def test_saved_bert_model_gives_the_trained_logits(setup, tmp_path):
 
 def test_tokenized_splits_are_cached_per_tokenizer(setup):
     data_dir, model_dir = setup
-    args = entry_point.parse_args(["--data_dir", str(data_dir), "--bert_type", str(model_dir)])
-    args.data_date = DATE
     tokenizer = get_tokenizer(str(model_dir))
-    first = load_encoded_split(args, tokenizer, "valid")
-    assert list((data_dir / "tokenized").glob(f"*/valid_tensor_{DATE}.pt"))
-    again = load_encoded_split(args, tokenizer, "valid")
+    first = load_encoded_split(data_dir, DATE, "valid", tokenizer, 128)
+    assert list((data_dir / "tokenized").glob(f"*/valid_tensor_{DATE}_*.pt"))
+    again = load_encoded_split(data_dir, DATE, "valid", tokenizer, 128)
     assert all(torch.equal(first[key], again[key]) for key in first)
+
+
+def test_texts_prepared_again_under_the_same_date_are_tokenized_again(tmp_path):
+    # 300 rows and three labels, then 900 rows and two labels, both dated DATE.
+    data_dir = tmp_path / "data"
+    prepare_data(["--synthetic", "--rows", "300", "--data_dir", str(data_dir), "--data_date", DATE])
+    from generated_bert.data import load_texts
+
+    model_dir = build_tiny_model(load_texts(data_dir, "train", DATE)[0],
+                                 load_label_names(data_dir, DATE), tmp_path / "tiny")
+    tokenizer = get_tokenizer(str(model_dir))
+    assert len(load_encoded_split(data_dir, DATE, "train", tokenizer, 128)["labels"]) == 240
+    csv_file = tmp_path / "two_labels.csv"
+    csv_file.write_text("text,label\n" + "".join(f"good {i},yes\nbad {i},no\n" for i in range(450)))
+    prepare_data(["--csv", str(csv_file), "--data_dir", str(data_dir), "--data_date", DATE])
+    again = load_encoded_split(data_dir, DATE, "train", tokenizer, 128)
+    assert len(again["labels"]) == 720 and set(again["labels"].tolist()) == {0, 1}
 
 
 def test_a_model_that_is_not_there_names_the_way_out(setup):
