@@ -57,7 +57,8 @@ def assert_complete_run(client, run, steps_per_epoch=4, epochs=2, bs="1024"):
 
 
 def test_embedded_store_records_one_complete_run(project):
-    python(project, "main.py", "--gpus", "0", "--epochs", "2", "--use_mlflow", "--user", "tester")
+    python(project, "main.py", "--gpus", "0", "--epochs", "2", "--bs", "1024", "--use_mlflow",
+           "--user", "tester")
     client, runs = runs_of(f"sqlite:///{project / 'mlflow.db'}")
     assert len(runs) == 1
     assert_complete_run(client, runs[0])
@@ -114,8 +115,8 @@ def mlflow_server(tmp_path):
 
 
 def test_a_real_server_gets_the_same_run(project, mlflow_server):
-    python(project, "main.py", "--gpus", "0", "--epochs", "2", "--use_mlflow", "--user", "tester",
-           "--tracking_uri", mlflow_server)
+    python(project, "main.py", "--gpus", "0", "--epochs", "2", "--bs", "1024", "--use_mlflow",
+           "--user", "tester", "--tracking_uri", mlflow_server)
     client, runs = runs_of(mlflow_server)
     assert len(runs) == 1
     assert_complete_run(client, runs[0])
