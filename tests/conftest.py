@@ -65,6 +65,22 @@ def git(project: Path, *args: str) -> str:
     return run("git", *args, cwd=project).stdout
 
 
+# Commits a test makes itself name an author: git has no identity configured here.
+IDENTITY = ["-c", "user.name=Template Dev", "-c", "user.email=dev@example.org"]
+
+
+def commit_all(project: Path, message: str = "my edits") -> None:
+    git(project, "add", "-A")
+    git(project, *IDENTITY, "commit", "-qm", message)
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace the first ``old`` in the file with ``new``, as a user's edit would."""
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
 def python(project: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return run(sys.executable, *args, cwd=project, **kwargs)
 

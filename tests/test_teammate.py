@@ -15,26 +15,14 @@ import yaml
 from quikgen import __version__
 from quikgen.source import publish
 
-from .conftest import TEMPLATE, git, quikgen, run
+from .conftest import IDENTITY, TEMPLATE, commit_all, edit, git, quikgen, run
 
-IDENTITY = ["-c", "user.name=Team Mate", "-c", "user.email=mate@example.org"]
 OLD_LINE = "    # 0.0.9: the old loop\n"
 USER_LINE = "# the team's own note\n"
 
 
-def edit(path, old, new):
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
-
-
 def answers(project):
     return yaml.safe_load((project / ".copier-answers.yml").read_text())
-
-
-def commit_all(project, message="my edits"):
-    git(project, "add", "-A")
-    git(project, *IDENTITY, "commit", "-qm", message)
 
 
 @pytest.fixture

@@ -12,17 +12,10 @@ import yaml
 
 from quikgen.source import publish
 
-from .conftest import TEMPLATE, git, python, quikgen, run
+from .conftest import IDENTITY, TEMPLATE, commit_all, edit, git, python, quikgen, run
 
-IDENTITY = ["-c", "user.name=Template Dev", "-c", "user.email=dev@example.org"]
 TRAIN = "project/{{ package_name }}/train.py.jinja"
 V2_LINE = "    # v2: a template improvement to the loop\n"
-
-
-def edit(path, old, new):
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
 
 
 @pytest.fixture
@@ -53,11 +46,6 @@ def project(tmp_path, template_repo):
                      "--vcs-ref", "v1.0.0")
     assert result.exit_code == 0, result.output
     return dest
-
-
-def commit_all(project, message="my edits"):
-    git(project, "add", "-A")
-    git(project, *IDENTITY, "commit", "-qm", message)
 
 
 def template_version(project):
