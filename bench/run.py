@@ -43,7 +43,9 @@ def run(*command, cwd, env=None, timeout=1800) -> str:
 
 
 def render(dest: Path, **answers) -> Path:
-    copier.run_copy(str(REPO / "templates"), dest, data={"project_name": dest.name, **answers},
+    # The repository's copier.yml at HEAD, with the working tree's changes (copier
+    # would otherwise render the newest tag).
+    copier.run_copy(str(REPO), dest, data={"project_name": dest.name, **answers}, vcs_ref="HEAD",
                     defaults=True, quiet=True)
     return dest
 

@@ -16,15 +16,17 @@ import fcntl
 import os
 import re
 import shutil
-import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from packaging.version import InvalidVersion, Version
 
 from . import __version__
+from . import git as g
+from .errors import QuikgenError
 
-# Files that tools leave inside a checkout's templates/ and that are not part of it.
+# Files that tools leave inside a checkout's template and that are not part of it.
 NOT_TEMPLATE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ruff_cache", ".pytest_cache")
 
 # The source is written by quikgen alone, so its commits use a fixed identity
@@ -38,19 +40,41 @@ GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1",
 }
 
-
-class SourceError(RuntimeError):
-    """The template source could not be prepared."""
+CONFIG = "copier.yml"
 
 
 def bundled_template() -> Path:
-    """The copier template this quikgen carries: templates/ in a checkout,
-    quikgen/templates in a wheel."""
+    """The root of the copier template this quikgen carries: the folder with its
+    copier.yml, whose ``_subdirectory`` holds the files it renders. That is the
+    repository's root in a checkout, and quikgen/template in a wheel."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "templates", here.parent / "templates"):
-        if (candidate / "copier.yml").is_file():
+    for candidate in (here / "template", here.parent):
+        if (candidate / CONFIG).is_file():
+            rendered_folder(candidate)
             return candidate
-    raise SourceError(f"quikgen's template is missing next to {here}; reinstall quikgen")
+    raise QuikgenError(f"quikgen's template is missing next to {here}; reinstall quikgen")
+
+
+def rendered_folder(root: Path) -> str:
+    """The folder, relative to ``root``, of the files the template at ``root``
+    renders: its copier.yml's ``_subdirectory``."""
+    if not (root / CONFIG).is_file():
+        raise QuikgenError(f"{root} holds no {CONFIG}; a template's root holds its {CONFIG}")
+    config = yaml.safe_load((root / CONFIG).read_text()) or {}
+    folder = str(config.get("_subdirectory", "")).strip("/")
+    if not folder or not (root / folder).is_dir():
+        raise QuikgenError(f"{root / CONFIG} names no _subdirectory folder that exists; the "
+                           "files a template renders are in the folder it names")
+    return folder
+
+
+def copy_template(root: Path, dest: Path) -> None:
+    """Copy the template at ``root`` into ``dest``: its copier.yml and the files it
+    renders, in the same layout, and nothing else of ``root``."""
+    folder = rendered_folder(root)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(root / CONFIG, dest / CONFIG)
+    shutil.copytree(root / folder, dest / folder, ignore=NOT_TEMPLATE, dirs_exist_ok=True)
 
 
 def source_dir() -> Path:
@@ -63,13 +87,7 @@ def source_dir() -> Path:
 
 
 def _git(repo: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(repo), *args],
-        capture_output=True, text=True, env={**os.environ, **GIT_ENV},
-    )
-    if result.returncode != 0:
-        raise SourceError(f"git {' '.join(args)} failed in {repo}: {result.stderr.strip()}")
-    return result.stdout.strip()
+    return g.git(repo, *args, env=GIT_ENV).strip()
 
 
 @contextmanager
@@ -92,16 +110,19 @@ def _tags_for(repo: Path, version: str) -> list[str]:
 
 
 def publish(version: str = __version__, template: Path | None = None) -> tuple[Path, str]:
-    """Make sure the source holds ``template`` (default: the bundled one) under a
-    tag for ``version``; return the source's path and that tag."""
-    if shutil.which("git") is None:
-        raise SourceError("git is not installed; install git (quikgen versions the template "
-                          "and the project with it)")
+    """Make sure the source holds the template whose root is ``template`` (default:
+    the bundled one) under a tag for ``version``; return the source's path and that tag.
+
+    The source holds the template's copier.yml and the files its ``_subdirectory``
+    names, in the same layout: copier.yml and templates/project/ from this
+    quikgen; copier.yml and project/ from quikgen 0.1.0 and older."""
+    g.require()
     try:
         Version(version)
     except InvalidVersion as error:
-        raise SourceError(f"quikgen version {version!r} is not a PEP 440 version") from error
+        raise QuikgenError(f"quikgen version {version!r} is not a PEP 440 version") from error
     template = template or bundled_template()
+    rendered_folder(template)  # before the source's work tree is emptied
     repo = source_dir()
     with _locked(repo.parent / "template.lock"):
         if not (repo / ".git").is_dir():
@@ -112,7 +133,7 @@ def publish(version: str = __version__, template: Path | None = None) -> tuple[P
         for entry in repo.iterdir():
             if entry.name != ".git":
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        shutil.copytree(template, repo, ignore=NOT_TEMPLATE, dirs_exist_ok=True)
+        copy_template(template, repo)
         _git(repo, "add", "--all")
         tree = _git(repo, "write-tree")
         existing = _tags_for(repo, version)
@@ -139,6 +160,4 @@ def looks_published(src: str) -> bool:
 
 
 def has_tag(repo: Path, tag: str) -> bool:
-    result = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}"],
-                            capture_output=True, env={**os.environ, **GIT_ENV})
-    return result.returncode == 0
+    return g.has_tag(repo, tag, env=GIT_ENV)

@@ -1,18 +1,36 @@
 """Shared fixtures: every test runs against a private template source and a git
 with no user configuration, like a fresh CI machine."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from quikgen.cli import app
+from quikgen.source import copy_template
 
 REPO = Path(__file__).resolve().parent.parent
-TEMPLATE = REPO / "templates"
+# The files the template renders, in the working tree.
+PROJECT_FILES = REPO / "templates" / "project"
+
+
+def staged_template() -> Path:
+    """The working tree's template in a plain folder, laid out as in the repository
+    (copier.yml, templates/project/), for copier to render as it is now: given the
+    repository itself, copier would render its newest tag instead."""
+    stage = Path(tempfile.mkdtemp(prefix="quikgen-template-"))
+    atexit.register(shutil.rmtree, stage, ignore_errors=True)
+    copy_template(REPO, stage)
+    return stage
+
+
+TEMPLATE = staged_template()
 
 
 @pytest.fixture(scope="session", autouse=True)

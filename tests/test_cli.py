@@ -88,7 +88,7 @@ def template_repo(tmp_path):
     git(repo, "add", "-A")
     git(repo, *identity, "commit", "-qm", "v1")
     git(repo, "tag", "v1.0.0")
-    readme = repo / "project" / "README.md.jinja"
+    readme = repo / "templates" / "project" / "README.md.jinja"
     readme.write_text(readme.read_text() + "\nTemplate version two.\n")
     git(repo, *identity, "commit", "-qam", "v2")
     git(repo, "tag", "v2.0.0")
@@ -129,7 +129,7 @@ def test_a_changed_template_gets_a_new_tag_and_an_unchanged_one_reuses_it(tmp_pa
     subprocess.run(["cp", "-r", str(TEMPLATE), str(template)], check=True)
     assert publish("1.2.0", template)[1] == "v1.2.0"
     assert publish("1.2.0", template)[1] == "v1.2.0"
-    (template / "project" / "NOTES.md").write_text("edited in a checkout\n")
+    (template / "templates" / "project" / "NOTES.md").write_text("edited in a checkout\n")
     assert publish("1.2.0", template)[1] == "v1.2.0.post1"
     assert publish("1.3.0", template)[1] == "v1.3.0"
     assert git(tmp_path / "home" / "template", "status", "--porcelain") == ""

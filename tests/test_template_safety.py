@@ -2,9 +2,9 @@
 
 import re
 
-from .conftest import TEMPLATE
+from .conftest import PROJECT_FILES
 
-SOURCES = [path for path in (TEMPLATE / "project").rglob("*")
+SOURCES = [path for path in PROJECT_FILES.rglob("*")
            if path.is_file() and (".py" in path.name or path.suffix == ".jinja")]
 
 

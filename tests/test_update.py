@@ -14,7 +14,8 @@ from quikgen.source import publish
 
 from .conftest import IDENTITY, TEMPLATE, commit_all, edit, git, python, quikgen, run
 
-TRAIN = "project/{{ package_name }}/train.py.jinja"
+FILES = "templates/project"  # what the template renders, in the template repository
+TRAIN = f"{FILES}/{{{{ package_name }}}}/train.py.jinja"
 V2_LINE = "    # v2: a template improvement to the loop\n"
 
 
@@ -28,10 +29,10 @@ def template_repo(tmp_path):
     git(repo, "tag", "v1.0.0")
     edit(repo / TRAIN, "    torch.manual_seed(args.seed)\n",
          "    torch.manual_seed(args.seed)\n" + V2_LINE)
-    edit(repo / "project" / "README.md.jinja", "## Quick start", "## Quick start (v2)")
-    edit(repo / "project" / "{{ package_name }}" / "args.py", '"""Command-line argument groups.',
+    edit(repo / FILES / "README.md.jinja", "## Quick start", "## Quick start (v2)")
+    edit(repo / FILES / "{{ package_name }}" / "args.py", '"""Command-line argument groups.',
          '"""Command-line argument groups (v2).')
-    model = repo / "project" / "{{ package_name }}" / "{% if kind == 'recommender' %}model.py{% endif %}"
+    model = repo / FILES / "{{ package_name }}" / "{% if kind == 'recommender' %}model.py{% endif %}"
     model.write_text(model.read_text() + "\n# v2 rewrote the model\n")
     git(repo, *IDENTITY, "commit", "-qam", "v2")
     git(repo, "tag", "v2.0.0")
