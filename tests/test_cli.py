@@ -1,14 +1,17 @@
 """The quikgen command line, option by option."""
 
+import re
+import string
 import subprocess
 
+import jinja2
 import pytest
 import yaml
 
 from quikgen import __version__
 from quikgen.source import source_dir
 
-from .conftest import TEMPLATE, git, quikgen
+from .conftest import REPO, TEMPLATE, git, quikgen
 
 
 def answers(project):
@@ -70,6 +73,40 @@ def test_data_answers_questions(tmp_path):
     assert recorded["package_name"] == "ratings_lab" and recorded["author"] == "Grace Hopper"
     assert (tmp_path / "proj" / "ratings_lab" / "train.py").is_file()
     assert 'name = "Grace Hopper"' in (tmp_path / "proj" / "pyproject.toml").read_text()
+
+
+def test_the_package_name_is_the_project_name_lowercased_with_dots_and_dashes_as_underscores():
+    """copier.yml's default is the one rule: a valid project name uses letters, digits, '.',
+    '_' and '-', and the rule maps each character on its own, so every one is checked."""
+    question = yaml.safe_load((REPO / "copier.yml").read_text())["package_name"]
+    default = jinja2.Environment().from_string(question["default"])
+    allowed = string.ascii_letters + string.digits + "._-"
+    for name in ["a" + character for character in allowed] + ["My-Project.v2", "Z" + allowed]:
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]*", name)
+        assert default.render(project_name=name) == re.sub(r"[^a-z0-9_]", "_", name.lower()), name
+
+
+@pytest.mark.parametrize(("folder", "package"), [("My-Project.v2", "my_project_v2"),
+                                                 ("Shop.Ratings_2-x", "shop_ratings_2_x")])
+def test_the_package_name_defaults_from_the_folder_name(tmp_path, folder, package):
+    result = quikgen("new", str(tmp_path / folder), "--defaults", "--no-git")
+    assert result.exit_code == 0, result.output
+    assert answers(tmp_path / folder)["package_name"] == package
+    assert answers(tmp_path / folder)["project_name"] == folder
+    assert f"python -m {package}.data --synthetic" in result.output
+
+
+def test_a_failing_first_commit_is_one_line(tmp_path, monkeypatch):
+    config = tmp_path / "gitconfig"
+    config.write_text("[user]\n\tname = Ada\n\temail = ada@example.org\n"
+                      "[commit]\n\tgpgsign = true\n[gpg]\n\tprogram = /nonexistent/gpg\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    result = quikgen("new", str(tmp_path / "proj"), "--defaults")
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"error: the project is rendered in {tmp_path / 'proj'}, "
+                                    "but not committed: git ")
+    assert "Traceback" not in result.output
 
 
 def test_kind_option_is_recorded(tmp_path):

@@ -1,0 +1,171 @@
+"""This repository as a template source: a fork or clone renders with quikgen and with
+plain copier (copier.yml at the root, _subdirectory: templates/project), a source
+without quikgen's questions is one line, and a project made from the template
+before this layout (v0.1.0: templates/copier.yml, templates/project/) updates
+across it, with real git and real copier."""
+
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from quikgen import __version__
+from quikgen.source import publish, source_dir
+
+from .conftest import IDENTITY, REPO, commit_all, git, quikgen, run
+
+# The last release before copier.yml moved to the repository's root.
+PREVIOUS = "v0.1.0"
+USER_LINE = "# our team's note\n"
+
+
+def answers(project: Path) -> dict:
+    return yaml.safe_load((project / ".copier-answers.yml").read_text())
+
+
+def commit_and_tag(repo: Path, tag: str) -> Path:
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, *IDENTITY, "commit", "-qm", tag)
+    git(repo, "tag", tag)
+    return repo
+
+
+def previous_release(dest: Path) -> Path:
+    """The repository's files at PREVIOUS, unpacked into ``dest``."""
+    if not git(REPO, "tag", "--list", PREVIOUS).strip():
+        pytest.fail(f"the repository has no tag {PREVIOUS}, the release before copier.yml moved to "
+                    f"its root; tag it (git tag {PREVIOUS} 7660999, or git fetch --tags)")
+    dest.mkdir(parents=True)
+    archive = dest.with_suffix(".tar")
+    git(REPO, "archive", "--format=tar", "-o", str(archive), PREVIOUS)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data") if sys.version_info >= (3, 12) else tar.extractall(dest)
+    archive.unlink()
+    return dest
+
+
+@pytest.fixture(scope="module")
+def fork(tmp_path_factory) -> Path:
+    """A git repository holding this working tree as it is now (committed or not,
+    git-ignored files left out), tagged as this quikgen's release: what a fork
+    or a clone of the repository is."""
+    repo = tmp_path_factory.mktemp("forks") / "quikgen-fork"
+    listed = run("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=REPO).stdout
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():  # a file deleted but not yet committed is listed too
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    return commit_and_tag(repo, f"v{__version__}")
+
+
+def test_quikgen_new_renders_a_fork_of_this_repository(tmp_path, fork):
+    project = tmp_path / "fork-project"
+    result = quikgen("new", str(project), "--defaults", "--template", str(fork))
+    assert result.exit_code == 0, result.output
+    recorded = answers(project)
+    assert recorded["_src_path"] == str(fork)
+    assert recorded["_commit"] == f"v{__version__}"
+    assert recorded["package_name"] == "fork_project"
+    assert (project / "fork_project" / "train.py").is_file()
+    assert not (project / "templates").exists() and not (project / "copier.yml").exists()
+    assert git(project, "status", "--porcelain") == ""
+    run("ruff", "check", "--no-cache", ".", cwd=project)
+
+
+def test_plain_copier_copies_a_fork_of_this_repository(tmp_path, fork):
+    project = tmp_path / "plain"
+    run(sys.executable, "-m", "copier", "copy", "--defaults", "--data", "project_name=My-Shop.v2",
+        fork, project, cwd=tmp_path)
+    recorded = answers(project)
+    assert recorded["package_name"] == "my_shop_v2" and recorded["_commit"] == f"v{__version__}"
+    assert (project / "my_shop_v2" / "train.py").is_file()
+    assert not (project / "templates").exists() and not (project / "copier.yml").exists()
+    run("ruff", "check", "--no-cache", ".", cwd=project)
+
+
+def other_questions(repo: Path) -> Path:
+    """A copier template of someone else's: its own questions, none of quikgen's."""
+    (repo / "files").mkdir(parents=True)
+    (repo / "copier.yml").write_text("_subdirectory: files\nname:\n  type: str\n  default: thing\n")
+    (repo / "files" / "README.md.jinja").write_text("# {{ name }}\n")
+    return commit_and_tag(repo, "v1.0.0")
+
+
+def no_config(repo: Path) -> Path:
+    """A repository with no copier.yml at its root."""
+    repo.mkdir(parents=True)
+    (repo / "README.md").write_text("not a template\n")
+    return commit_and_tag(repo, "v1.0.0")
+
+
+def previous_layout(repo: Path) -> Path:
+    """A clone of this repository whose newest tag is PREVIOUS: its copier.yml was
+    in templates/, not at the root."""
+    return commit_and_tag(previous_release(repo), PREVIOUS)
+
+
+@pytest.mark.parametrize("make", [other_questions, no_config, previous_layout])
+def test_a_source_without_quikgens_questions_is_one_line_and_writes_nothing(tmp_path, make):
+    src = make(tmp_path / "src")
+    dest = tmp_path / "proj"
+    result = quikgen("new", str(dest), "--defaults", "--template", str(src))
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: the template {src} at ")
+    assert "does not ask project_name, package_name, kind, which quikgen needs" in lines[0]
+    assert "Traceback" not in result.output
+    assert not dest.exists()
+
+
+def test_an_unreachable_source_is_one_line_and_writes_nothing(tmp_path):
+    dest = tmp_path / "proj"
+    result = quikgen("new", str(dest), "--defaults", "--template", "https://127.0.0.1:1/nobody/template.git")
+    assert result.exit_code == 1
+    assert result.output.startswith("error: cannot read the template source https://127.0.0.1:1/")
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not dest.exists()
+
+
+def test_a_project_from_the_previous_release_updates_across_the_layout_change(tmp_path, monkeypatch):
+    """A project made with quikgen 0.1.0 records a source whose v0.1.0 holds
+    copier.yml and project/ at its top; this quikgen publishes copier.yml and
+    templates/project/ into the same source, and copier reads each tag's own."""
+    monkeypatch.setenv("QUIKGEN_HOME", str(tmp_path / "home"))
+    old = previous_release(tmp_path / "quikgen-0.1.0")
+    assert (old / "templates" / "copier.yml").is_file() and not (old / "copier.yml").exists()
+    assert publish("0.1.0", old / "templates") == (source_dir(), PREVIOUS)
+    assert (source_dir() / "project").is_dir()
+
+    project = tmp_path / "old-project"
+    result = quikgen("new", str(project), "--defaults", "--vcs-ref", PREVIOUS)
+    assert result.exit_code == 0, result.output
+    assert answers(project)["_commit"] == PREVIOUS
+    # An edit to a template-owned file that the new template rewrites: at the end of main.py,
+    # a part the two versions share (an edit inside a part the new template rewrote would be
+    # a conflict, rightly).
+    with open(project / "main.py", "a") as main:
+        main.write(USER_LINE)
+    commit_all(project)
+    twin = tmp_path / "twin"
+    shutil.copytree(project, twin)
+
+    result = quikgen("update", str(project))
+    assert result.exit_code == 0, result.output
+    assert answers(project)["_commit"] == f"v{__version__}" == "v0.2.0"
+    assert (project / "main.py").read_text().endswith(USER_LINE)
+    assert git(project, "diff", "--name-only", "--diff-filter=U") == ""
+    marked = run("git", "grep", "--untracked", "-l", "-e", "^<<<<<<< ", "-e", "^>>>>>>> ",
+                 cwd=project, check=False)
+    assert marked.stdout == "", f"conflict markers in {marked.stdout}"
+    assert (source_dir() / "templates" / "project").is_dir()
+    run("ruff", "check", "--no-cache", ".", cwd=project)
+
+    # Plain copier takes the same step.
+    run(sys.executable, "-m", "copier", "update", "--defaults", cwd=twin)
+    assert answers(twin)["_commit"] == f"v{__version__}"
+    assert (twin / "main.py").read_text() == (project / "main.py").read_text()
