@@ -22,29 +22,40 @@ def timed(fn):
     return time.perf_counter() - start
 
 
+def generated_train(package: str, args) -> float:
+    """Seconds of the generated train(), as `python main.py` runs it in one process."""
+    train = __import__(f"{package}.train", fromlist=["train"]).train
+    world = __import__(f"{package}.world", fromlist=["joined_world"])
+
+    def run():
+        with world.joined_world(None) as one_process:
+            train(args, one_process)
+    return timed(run)
+
+
 def recommender(package: str, data_dir: str, epochs: int, bs: int, dim: int, lightning: bool):
-    main = __import__("main")
-    data = __import__(f"{package}.data", fromlist=["load_split"])
-    model_module = __import__(f"{package}.model", fromlist=["build_model"])
-    args = main.parse_args(["--data_dir", data_dir, "--gpus", "0", "--epochs", str(epochs),
-                            "--bs", str(bs), "--embedding_dim", str(dim)])
-    args.data_date = __import__(f"{package}.files", fromlist=["x"]).newest_data_date(args.data_dir)
-    train_set = data.load_split(args.data_dir, "train", args.data_date)
-    valid_set = data.load_split(args.data_dir, "valid", args.data_date)
-    id_maps = data.load_id_maps(args.data_dir, args.data_date)
+    cli = __import__(f"{package}.cli", fromlist=["parse_args"])
+    task_module = __import__(f"{package}.task", fromlist=["Task"])
+    world = __import__(f"{package}.world", fromlist=["World"])
+    args = cli.parse_args(["--data_dir", data_dir, "--gpus", "0", "--epochs", str(epochs),
+                           "--bs", str(bs), "--embedding_dim", str(dim)])
+    task = task_module.Task(task_module.TaskSettings.pick(vars(args)), args.data_dir,
+                            args.data_date, world.World(0, 0, 1, torch.device("cpu")))
+    train_set, valid_set = task.train_set, task.valid_set
     rows = len(train_set["rating"])
     results = {"rows_per_epoch": rows, "epochs": epochs}
+    compute_loss = task.compute_loss  # with the L2 penalty while the model trains
 
     def fresh_model():
         torch.manual_seed(0)
-        return model_module.build_model(args, train_set, id_maps)
+        return task.build_model()
 
     def validate(model):
         model.eval()
         with torch.no_grad():
             for start in range(0, len(valid_set["rating"]), bs):
                 batch = {k: v[start:start + bs] for k, v in valid_set.items()}
-                model_module.compute_loss(model, batch, reduction="sum")
+                compute_loss(model, batch, reduction="sum")
         model.train()
 
     # The limit: the fastest loop for this model, with no bar, no files, no per-step sync.
@@ -57,7 +68,7 @@ def recommender(package: str, data_dir: str, epochs: int, bs: int, dim: int, lig
             order = torch.randperm(rows)
             for start in range(0, rows, bs):
                 idx = order[start:start + bs]
-                loss = model_module.compute_loss(model, {k: v[idx] for k, v in train_set.items()})
+                loss = compute_loss(model, {k: v[idx] for k, v in train_set.items()})
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
@@ -70,8 +81,7 @@ def recommender(package: str, data_dir: str, epochs: int, bs: int, dim: int, lig
     import pandas  # noqa: F401
 
     limit()
-    train = __import__(f"{package}.train", fromlist=["train"]).train
-    results["generated_s"] = timed(lambda: train(args))  # as `python main.py` runs it
+    results["generated_s"] = generated_train(package, args)
     results["limit_s"] = timed(limit)
 
     # pytorch-quik's way: a DataLoader over a TensorDataset, Adam without fusing.
@@ -85,19 +95,19 @@ def recommender(package: str, data_dir: str, epochs: int, bs: int, dim: int, lig
         for _ in range(epochs):
             for user, item, rating in loader:
                 optimizer.zero_grad()
-                loss = model_module.compute_loss(model, {"user": user, "item": item, "rating": rating})
+                loss = compute_loss(model, {"user": user, "item": item, "rating": rating})
                 loss.backward()
                 optimizer.step()
             validate(model)
     results["seed_loop_s"] = timed(seed_loop)
 
     if lightning:
-        results["lightning_s"] = lightning_loop(fresh_model, model_module, train_set, valid_set,
+        results["lightning_s"] = lightning_loop(fresh_model, compute_loss, train_set, valid_set,
                                                 args, epochs, bs)
     print(json.dumps(results))
 
 
-def lightning_loop(fresh_model, model_module, train_set, valid_set, args, epochs, bs):
+def lightning_loop(fresh_model, compute_loss, train_set, valid_set, args, epochs, bs):
     import lightning as L  # noqa: N812
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -108,11 +118,11 @@ def lightning_loop(fresh_model, model_module, train_set, valid_set, args, epochs
 
         def training_step(self, batch, _):
             user, item, rating = batch
-            return model_module.compute_loss(self.model, {"user": user, "item": item, "rating": rating})
+            return compute_loss(self.model, {"user": user, "item": item, "rating": rating})
 
         def validation_step(self, batch, _):
             user, item, rating = batch
-            return model_module.compute_loss(self.model, {"user": user, "item": item, "rating": rating})
+            return compute_loss(self.model, {"user": user, "item": item, "rating": rating})
 
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=args.lr)
@@ -128,13 +138,12 @@ def lightning_loop(fresh_model, model_module, train_set, valid_set, args, epochs
 
 
 def bert(package: str, data_dir: str, model_dir: str, epochs: int, bs: int, max_length: int):
-    main = __import__("main")
+    cli = __import__(f"{package}.cli", fromlist=["parse_args"])
     hf = __import__(f"{package}.hf", fromlist=["get_tokenizer"])
     data = __import__(f"{package}.data", fromlist=["load_texts"])
-    args = main.parse_args(["--data_dir", data_dir, "--gpus", "0", "--epochs", str(epochs),
-                            "--bs", str(bs), "--bert_type", model_dir, "--lr", "1e-3",
-                            "--max_length", str(max_length)])
-    args.data_date = __import__(f"{package}.files", fromlist=["x"]).newest_data_date(args.data_dir)
+    args = cli.parse_args(["--data_dir", data_dir, "--gpus", "0", "--epochs", str(epochs),
+                           "--bs", str(bs), "--bert_type", model_dir, "--lr", "1e-3",
+                           "--max_length", str(max_length)])
     tokenizer = hf.get_tokenizer(model_dir)
     texts, labels = data.load_texts(args.data_dir, "train", args.data_date)
     label_names = data.load_label_names(args.data_dir, args.data_date)
@@ -154,8 +163,7 @@ def bert(package: str, data_dir: str, model_dir: str, epochs: int, bs: int, max_
     import sklearn.metrics  # noqa: F401
 
     fresh()
-    train = __import__(f"{package}.train", fromlist=["train"]).train
-    results["generated_s"] = timed(lambda: train(args))
+    results["generated_s"] = generated_train(package, args)
 
     def max_pad():  # the same loop, every text padded to max_length
         model = fresh()

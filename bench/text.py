@@ -225,11 +225,12 @@ def compare(project: Path, package: str, csv_file: Path | None, model_dir: str, 
     """
     sys.path.insert(0, str(project))
     try:
-        main = __import__("main")
-        defaults = main.parse_args(["--gpus", "0", *extra])
+        cli = __import__(f"{package}.cli", fromlist=["build_parser"])
+        defaults = cli.build_parser().parse_args(["--gpus", "0", *extra])
     finally:
         sys.path.remove(str(project))
-        sys.modules.pop("main", None)
+        for name in [name for name in sys.modules if name.split(".")[0] == package]:
+            sys.modules.pop(name)
     strategies = {"hf_trainer": "random", "hf_trainer_grouped": "group_by_length"}
     runs = {side: [] for side in sides}
     for seed in seeds:

@@ -158,19 +158,19 @@ def test_resume_with_a_corrupt_checkpoint_is_a_one_line_error(project, data_dir,
 
 @pytest.fixture
 def failing_project(tmp_path):
-    """A project whose model raises on rank 1 after a few steps, like a user's bug."""
+    """A project whose loss raises on rank 1, like a user's bug."""
     dest = tmp_path / "failing"
     assert quikgen("new", str(dest), "--defaults").exit_code == 0
-    model = dest / "failing" / "model.py"
-    source = model.read_text()
+    task = dest / "failing" / "task.py"
+    source = task.read_text()
     failing = source.replace(
-        '    if model.training:\n',
-        '    if os.environ.get("RANK") == "1" and model.training:\n'
-        '        raise RuntimeError("rank 1 fails")\n'
-        '    if model.training:\n', 1,
-    ).replace("import argparse\n", "import argparse\nimport os\n")
+        '        if model.training:\n',
+        '        if os.environ.get("RANK") == "1" and model.training:\n'
+        '            raise RuntimeError("rank 1 fails")\n'
+        '        if model.training:\n', 1,
+    ).replace("import math\n", "import math\nimport os\n")
     assert failing.count("rank 1 fails") == 1, "compute_loss no longer reads as this test expects"
-    model.write_text(failing)
+    task.write_text(failing)
     python(dest, "-m", "failing.data", "--synthetic", "--rows", "4000")
     return dest
 

@@ -201,9 +201,11 @@ def test_get_state_dict_restores_the_trained_tensors(project, tmp_path):
     python(project, "main.py", "--gpus", "0", "--epochs", "2", "--use_mlflow",
            "--tracking_uri", uri, "--run_name", "to-serve")
     fetched = python(project, "-c", (
-        "import main, sys; from tracked.tracking import get_state_dict; "
-        f"args = main.parse_args(['--tracking_uri', '{uri}']); "
-        f"print(get_state_dict(args, 1, \"attributes.run_name = 'to-serve'\", dst='{tmp_path / 'served'}'))"
+        "from tracked.cli import parse_args; "
+        "from tracked.tracking import TrackingSettings, get_state_dict; "
+        f"tracking = TrackingSettings.pick(vars(parse_args(['--tracking_uri', '{uri}']))); "
+        f"print(get_state_dict(tracking, 1, '{tmp_path / 'served'}', "
+        "\"attributes.run_name = 'to-serve'\"))"
     )).stdout.strip().splitlines()[-1]
     restored = torch.load(fetched, weights_only=True)
     trained = torch.load(project / "data" / f"state_dict_e1_{DATE}.pt", weights_only=True)
@@ -215,9 +217,10 @@ def test_get_state_dict_restores_the_trained_tensors(project, tmp_path):
 def test_get_state_dict_without_a_match_is_a_clear_error(project, tmp_path):
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     result = python(project, "-c", (
-        "import main; from tracked.tracking import get_state_dict; "
-        f"args = main.parse_args(['--tracking_uri', '{uri}']); "
-        "get_state_dict(args, 0, \"attributes.run_name = 'nope'\")"
+        "from tracked.cli import parse_args; "
+        "from tracked.tracking import TrackingSettings, get_state_dict; "
+        f"tracking = TrackingSettings.pick(vars(parse_args(['--tracking_uri', '{uri}']))); "
+        f"get_state_dict(tracking, 0, '{tmp_path}', \"attributes.run_name = 'nope'\")"
     ), check=False)
     assert "UsageError: no run matches" in result.stderr
 
