@@ -323,7 +323,7 @@ def main():
 
         work = Path(tempfile.mkdtemp(prefix="quikgen-text-"))
         project = work / "textbench"
-        copier.run_copy(str(Path(__file__).resolve().parent.parent / "templates"), project,
+        copier.run_copy(str(Path(__file__).resolve().parent.parent), project, vcs_ref="HEAD",
                         data={"project_name": "textbench", "kind": "bert"}, defaults=True,
                         quiet=True)
     package = next(p.parent.name for p in project.glob("*/data.py"))

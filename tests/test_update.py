@@ -64,9 +64,10 @@ def test_clean_update_brings_every_template_change(project):
 
 
 def test_user_edits_in_main_loop_and_model_survive_the_update(project):
-    edit(project / "main.py", '{"epochs": 8,', '{"epochs": 7,')
-    edit(project / "demo" / "train.py", "    model = build_model(args, train_set, id_maps)",
-         "    model = build_model(args, train_set, id_maps)  # my model wiring")
+    edit(project / "main.py", "sys.exit(130)", "sys.exit(130)  # as a shell would")
+    edit(project / "demo" / "task.py", '{"epochs": 8,', '{"epochs": 7,')
+    edit(project / "demo" / "train.py", "    model = task.build_model().to(world.device)",
+         "    model = task.build_model().to(world.device)  # my model wiring")
     model = project / "demo" / "model.py"
     edit(model, "class MatrixFactorization(nn.Module):",
          "class MatrixFactorization(nn.Module):  # my model")
@@ -74,7 +75,8 @@ def test_user_edits_in_main_loop_and_model_survive_the_update(project):
 
     result = quikgen("update", str(project))
     assert result.exit_code == 0, result.output
-    assert '{"epochs": 7,' in (project / "main.py").read_text()
+    assert "# as a shell would" in (project / "main.py").read_text()
+    assert '{"epochs": 7,' in (project / "demo" / "task.py").read_text()
     train = (project / "demo" / "train.py").read_text()
     assert "# my model wiring" in train and V2_LINE in train
     assert "# my model" in model.read_text()
@@ -103,12 +105,12 @@ def test_conflicting_edit_is_reported_by_file_with_a_non_zero_exit(project):
 
 
 def test_dirty_tree_is_refused_and_left_as_it_was(project):
-    edit(project / "main.py", '{"epochs": 8,', '{"epochs": 9,')
+    edit(project / "main.py", "sys.exit(130)", "sys.exit(9)")
     result = quikgen("update", str(project))
     assert result.exit_code == 1
     assert "uncommitted: main.py" in result.output
     assert template_version(project) == "v1.0.0"
-    assert '{"epochs": 9,' in (project / "main.py").read_text()
+    assert "sys.exit(9)" in (project / "main.py").read_text()
 
 
 def test_check_says_whether_a_newer_template_exists(project):
@@ -131,7 +133,7 @@ def test_plain_copier_update_gives_the_same_result(project, tmp_path):
 
 
 def test_updated_project_still_passes_its_tests(project):
-    edit(project / "main.py", '{"epochs": 8,', '{"epochs": 7,')
+    edit(project / "demo" / "task.py", '{"epochs": 8,', '{"epochs": 7,')
     commit_all(project)
     assert quikgen("update", str(project)).exit_code == 0
     python(project, "-m", "pytest", "-q", "-p", "no:cacheprovider")
@@ -152,16 +154,17 @@ def test_downgrade_is_refused(tmp_path, monkeypatch):
 def test_a_feature_toggles_on_and_off_in_an_edited_project(tmp_path):
     project = tmp_path / "toggle"
     assert quikgen("new", str(project), "--defaults").exit_code == 0
-    edit(project / "main.py", '{"epochs": 8,', '{"epochs": 7,')
-    edit(project / "toggle" / "train.py", "    model = build_model(args, train_set, id_maps)",
-         "    model = build_model(args, train_set, id_maps)  # my model wiring")
+    edit(project / "main.py", "sys.exit(130)", "sys.exit(130)  # as a shell would")
+    edit(project / "toggle" / "train.py", "    model = task.build_model().to(world.device)",
+         "    model = task.build_model().to(world.device)  # my model wiring")
     commit_all(project)
 
     result = quikgen("update", str(project), "--data", "use_mlflow=true")
     assert result.exit_code == 0, result.output
     assert (project / "toggle" / "tracking.py").is_file()
     main = (project / "main.py").read_text()
-    assert "add_mlflow_args(parser)" in main and '{"epochs": 7,' in main
+    assert "mlflow_run(" in main and "# as a shell would" in main
+    assert "add_mlflow_args(parser)" in (project / "toggle" / "cli.py").read_text()
     train = (project / "toggle" / "train.py").read_text()
     assert "RunLogger" in train and "# my model wiring" in train
     run("ruff", "check", "--no-cache", ".", cwd=project)
@@ -172,7 +175,8 @@ def test_a_feature_toggles_on_and_off_in_an_edited_project(tmp_path):
     assert result.exit_code == 0, result.output
     assert not (project / "toggle" / "tracking.py").exists()
     main = (project / "main.py").read_text()
-    assert "mlflow" not in main.lower() and '{"epochs": 7,' in main
+    assert "mlflow" not in main.lower() and "# as a shell would" in main
+    assert "mlflow" not in (project / "toggle" / "cli.py").read_text()
     train = (project / "toggle" / "train.py").read_text()
     assert "RunLogger" not in train and "# my model wiring" in train
     run("ruff", "check", "--no-cache", ".", cwd=project)
