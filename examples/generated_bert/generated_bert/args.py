@@ -11,6 +11,7 @@ the ``defaults`` dict, the command line, and edits to the parsed Namespace.
 """
 
 import argparse
+import dataclasses
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +21,22 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 class UsageError(Exception):
     """A problem the user fixes by running differently (bad flags, missing files, a
     diverging loss); shown as one line, without a traceback."""
+
+
+class FlagValues:
+    """Base of a dataclass holding some flags' values, so that a function gets the
+    few values it uses rather than the whole namespace:
+
+        @dataclass(frozen=True)
+        class TaskSettings(FlagValues):
+            embedding_dim: int
+
+        settings = TaskSettings.pick(vars(args))
+    """
+
+    @classmethod
+    def pick(cls, values: dict):
+        return cls(**{field.name: values[field.name] for field in dataclasses.fields(cls)})
 
 
 def checked(convert, accept, requirement: str):
@@ -153,13 +170,14 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
         help="Adam epsilon, added to the denominator for stability (default: %(default)s)",
     )
     group.add_argument(
-        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+        "--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
         help="fp32, or mixed precision: bf16 (autocast), fp16 (autocast and a gradient "
-        "scaler) (default: %(default)s)",
+        "scaler), auto (bf16 where the device runs it natively, else fp16) "
+        "(default: %(default)s)",
     )
     group.add_argument(
-        "-amp", "--mixed_precision", dest="precision", action="store_const", const="amp",
-        help="mixed precision: bf16 where the device supports it, else fp16",
+        "-amp", "--mixed_precision", dest="precision", action="store_const", const="auto",
+        help="the same as --precision auto (pytorch-quik's flag)",
     )
     group.add_argument(
         "--clip_grad", type=positive_float, default=None,

@@ -150,17 +150,16 @@ def load_encoded_split(data_dir: Path, data_date: str, name: str, tokenizer, max
     return load_torch(path, device)
 
 
-def save_bert_model(args, epoch: int | str, out_dir: Path, label_names: list[str]) -> Path:
-    """Epoch ``epoch``'s state dict as a save_pretrained folder (config + safetensors),
+def save_bert_model(bert_type: str, label_names: list[str], state_dict: Path,
+                    out_dir: Path) -> Path:
+    """The weights in ``state_dict`` as a save_pretrained folder (config + safetensors),
     loadable with AutoModelForSequenceClassification.from_pretrained(out_dir)."""
-    from .checkpoints import load_state_dict
-
     transformers = _transformers()
-    config = _load(transformers.AutoConfig, args.bert_type, "model config",
+    config = _load(transformers.AutoConfig, bert_type, "model config",
                    num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                    label2id={name: i for i, name in enumerate(label_names)})
     model = transformers.AutoModelForSequenceClassification.from_config(config)
-    model.load_state_dict(load_state_dict(args.output_dir, epoch, args.data_date))
+    model.load_state_dict(load_torch(state_dict))
     model.save_pretrained(out_dir)
     return Path(out_dir)
 

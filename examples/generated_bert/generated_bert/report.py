@@ -10,27 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .batching import batches
 from .files import data_file, write_atomically
-
-
-@torch.no_grad()
-def predict(model, encoded, batch_size, autocast) -> torch.Tensor:
-    """The predicted class of every text, in the order of ``encoded``."""
-    from .model import compute_logits
-
-    model.eval()
-    rows = torch.arange(len(encoded["labels"]))
-    predictions = torch.empty(len(rows), dtype=torch.int64)
-    # Batches come sorted by length, so write each prediction back to its row.
-    lengths = (encoded["offsets"][1:] - encoded["offsets"][:-1]).cpu()
-    order = rows[torch.argsort(lengths, descending=True, stable=True)]
-    for start, batch in zip(range(0, len(rows), batch_size),
-                            batches(encoded, rows, batch_size), strict=True):
-        with autocast():
-            logits = compute_logits(model, batch)
-        predictions[order[start:start + batch_size]] = logits.argmax(dim=-1).cpu()
-    return predictions
 
 
 def save_confusion_matrix(confusion, label_names: list[str], path: Path) -> Path:

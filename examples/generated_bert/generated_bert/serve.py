@@ -25,11 +25,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 
-from .args import PROJECT_DIR, UsageError, checked, date_type, positive_int
+from .args import PROJECT_DIR, UsageError, checked, positive_int
 from .checkpoints import load_run_info, state_dict_path
-from .files import find_data_date, write_atomically
+from .cli import parse_args as training_flags
+from .data import load_texts
+from .files import write_atomically
+from .hf import get_bert_info, get_tokenizer, model_source, save_bert_model, save_tokenizer
+from .tracking import STATE_DICT_NAME, TrackingSettings, get_state_dict
 
 SERVE_DIR = PROJECT_DIR / "serve"
 MODEL_NAME = "generated_bert"
@@ -45,18 +50,15 @@ def mismatch(flag: str, given, recorded, data_date: str) -> UsageError:
                       f"{recorded}; drop {flag} to serve them as trained")
 
 
-def use_trained_settings(args, run_info: dict) -> None:
-    """Set the model type, --max_length and labels to those the weights were trained
-    with. Given here too, they must agree: weights read through another tokenizer
-    give wrong answers, not an error."""
-    from .hf import model_source
-
-    if args.bert_type is not None and model_source(args.bert_type) != run_info["bert_type"]:
-        raise mismatch("--bert_type", args.bert_type, run_info["bert_type"], args.data_date)
-    if args.max_length is not None and args.max_length != run_info["max_length"]:
-        raise mismatch("--max_length", args.max_length, run_info["max_length"], args.data_date)
-    args.bert_type, args.max_length = run_info["bert_type"], run_info["max_length"]
-    args.label_names = run_info["label_names"]
+def check_trained_settings(bert_type: str | None, max_length: int | None, run_info: dict,
+                           data_date: str) -> None:
+    """The model type and --max_length are served as training recorded them. Given
+    here too, they must agree: weights read through another tokenizer give wrong
+    answers, not an error."""
+    if bert_type is not None and model_source(bert_type) != run_info["bert_type"]:
+        raise mismatch("--bert_type", bert_type, run_info["bert_type"], data_date)
+    if max_length is not None and max_length != run_info["max_length"]:
+        raise mismatch("--max_length", max_length, run_info["max_length"], data_date)
 
 
 def write_json(path: Path, data) -> Path:
@@ -64,19 +66,20 @@ def write_json(path: Path, data) -> Path:
     return write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def build_extra_files(args, build_dir: Path) -> Path:
-    """Write into build_dir everything the archive holds besides the archiver's own."""
+def build_extra_files(build_dir: Path, state_dict: Path, run_info: dict, data_dir: Path,
+                      data_date: str) -> Path:
+    """Write into build_dir everything the archive holds besides the archiver's own:
+    the weights of ``state_dict`` in the form the handler loads, and what it needs
+    to read requests, as training recorded them in ``run_info``."""
     build_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(HANDLER, build_dir / "handler.py")  # rendered into the project, never downloaded
-    from .data import load_texts
-    from .hf import get_bert_info, get_tokenizer, save_bert_model, save_tokenizer
-
-    save_bert_model(args, args.epoch, build_dir, args.label_names)
-    save_tokenizer(get_tokenizer(args.bert_type), build_dir)
+    label_names = run_info["label_names"]
+    save_bert_model(run_info["bert_type"], label_names, state_dict, build_dir)
+    save_tokenizer(get_tokenizer(run_info["bert_type"]), build_dir)
     write_json(build_dir / "setup_config.json",
-               get_bert_info(args.bert_type, args.label_names, args.max_length))
-    write_json(build_dir / "index_to_name.json", dict(enumerate(args.label_names)))
-    sample = load_texts(args.data_dir, "test", args.data_date)[0][:3]
+               get_bert_info(run_info["bert_type"], label_names, run_info["max_length"]))
+    write_json(build_dir / "index_to_name.json", dict(enumerate(label_names)))
+    sample = load_texts(data_dir, "test", data_date)[0][:3]
     write_json(build_dir / "sample_text.json", sample)
     return build_dir
 
@@ -217,9 +220,9 @@ def stop(serve_dir: Path) -> bool:
     return True
 
 
-def parse_args(argv=None):
-    import main as entry_point  # the training flags: where the data and the epochs are
-
+def parse_args(argv=None) -> argparse.Namespace:
+    """The serve command's flags; for ``build`` also the training flags (e.g.
+    --output_dir), which say where the trained weights are."""
     parser = argparse.ArgumentParser(prog=f"python -m {__package__}.serve",
                                      description="Serve a trained epoch with TorchServe.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -228,18 +231,16 @@ def parse_args(argv=None):
                        help="the epoch whose state dict to serve: best (the lowest validation "
                        "loss), a number such as 2 (0-based), or orig, the weights before "
                        "training (default: %(default)s)")
-    build.add_argument("--data_date", type=date_type, default=None,
-                       help="YYYYMMDD of the data set the model was trained on (default: newest)")
     build.add_argument("--batch_size", type=positive_int, default=8,
                        help="requests TorchServe groups into one batch (default: %(default)s)")
     build.add_argument("--max_batch_delay", type=positive_int, default=50,
                        help="milliseconds TorchServe waits to fill a batch (default: %(default)s)")
-    build.add_argument("-bt", "--bert_type", default=None,
+    build.add_argument("-bt", "--bert_type", dest="served_bert_type", default=None,
                        help="not needed: the model type training recorded is served; "
                        "a different one is refused")
-    build.add_argument("--max_length", type=positive_int, default=None,
-                       help="not needed: the --max_length training recorded is served; "
-                       "a different one is refused")
+    build.add_argument("--max_length", dest="served_max_length", type=positive_int,
+                       default=None, help="not needed: the --max_length training recorded is "
+                       "served; a different one is refused")
     build.add_argument("--mlflow_filter", default=None,
                        help="take the state dict from the one MLflow run this filter matches, "
                        "e.g. \"attributes.run_name = 'baseline'\"; --epoch best is its "
@@ -252,54 +253,57 @@ def parse_args(argv=None):
                        help="let any local process query the server without a token")
     commands.add_parser("stop", help="stop the TorchServe started from serve/")
     args, rest = parser.parse_known_args(argv)
-    if args.command == "build":  # the rest are training flags, e.g. --output_dir
-        training = entry_point.parse_args([*rest, *(["--data_date", args.data_date]
-                                                    if args.data_date else [])])
-        vars(training).update({key: value for key, value in vars(args).items()
-                               if key != "data_date"})
-        return training
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return args
+    if args.command != "build":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return args
+    # The rest are training flags, e.g. --output_dir or --data_date.
+    return argparse.Namespace(**{**vars(training_flags(rest)), **vars(args)})
 
 
-def build(args) -> Path:
-    """Archive epoch --epoch of the run on --data_date with the settings it was trained with."""
-    args.data_date = find_data_date(args.data_dir, args.data_date,
-                                    f"python -m {__package__}.data --synthetic")
-    trained_in = args.output_dir  # where training recorded the run's settings
-    if args.mlflow_filter:
-        from .tracking import STATE_DICT_NAME, get_state_dict
-
+def build(epoch: int | str, data_dir: Path, output_dir: Path, data_date: str,
+          batch_size: int, max_batch_delay: int, check_settings,
+          tracking: TrackingSettings | None = None, mlflow_filter: str | None = None,
+          ) -> tuple[Path, int | str, str]:
+    """Archive epoch ``epoch`` of the run on ``data_date``, trained into
+    ``output_dir``, with the settings it was trained with (``check_settings(run_info,
+    data_date)`` refuses others). Returns the archive, the epoch and the date."""
+    trained_in = output_dir  # where training recorded the run's settings
+    if mlflow_filter:
         # The run names the epoch ("best": its best_epoch tag) and the data set;
         # the settings are those this project recorded when it trained on that data.
-        fetched = get_state_dict(args, args.epoch, args.mlflow_filter,
-                                 dst=SERVE_DIR / "from_mlflow")
+        fetched = get_state_dict(tracking, epoch, SERVE_DIR / "from_mlflow", mlflow_filter)
         saved = STATE_DICT_NAME.match(fetched.name)
-        args.output_dir, args.epoch, args.data_date = fetched.parent, saved["epoch"], saved["date"]
-    run_info = load_run_info(trained_in, args.data_date)
-    use_trained_settings(args, run_info)
-    if args.epoch == "best":
+        output_dir, epoch, data_date = fetched.parent, saved["epoch"], saved["date"]
+    run_info = load_run_info(trained_in, data_date)
+    check_settings(run_info, data_date)
+    if epoch == "best":
         if run_info["best_epoch"] is None:
-            raise UsageError(f"no epoch of the run on {args.data_date} has finished yet; "
+            raise UsageError(f"no epoch of the run on {data_date} has finished yet; "
                              "build once one has, or pass --epoch orig")
-        args.epoch = run_info["best_epoch"]
-    state_dict = state_dict_path(args.output_dir, args.epoch, args.data_date)
+        epoch = run_info["best_epoch"]
+    state_dict = state_dict_path(output_dir, epoch, data_date)
     if not state_dict.is_file():
-        raise UsageError(f"no state dict for epoch {args.epoch} of {args.data_date} in "
-                         f"{args.output_dir}; train first, or pick another --epoch")
+        raise UsageError(f"no state dict for epoch {epoch} of {data_date} in "
+                         f"{output_dir}; train first, or pick another --epoch")
     build_dir = SERVE_DIR / "build"
     shutil.rmtree(build_dir, ignore_errors=True)
-    return create_mar(build_extra_files(args, build_dir), SERVE_DIR / "model_store",
-                      args.batch_size, args.max_batch_delay)
+    build_extra_files(build_dir, state_dict, run_info, data_dir, data_date)
+    mar = create_mar(build_dir, SERVE_DIR / "model_store", batch_size, max_batch_delay)
+    return mar, epoch, data_date
 
 
 def main(argv=None):
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         if args.command == "build":
-            mar = build(args)
-            print(f"wrote {mar}: epoch {args.epoch} of {args.data_date}")
+            mar, epoch, data_date = build(
+                args.epoch, args.data_dir, args.output_dir, args.data_date, args.batch_size,
+                args.max_batch_delay,
+                partial(check_trained_settings, args.served_bert_type, args.served_max_length),
+                TrackingSettings.pick(vars(args)), args.mlflow_filter,
+            )
+            print(f"wrote {mar}: epoch {epoch} of {data_date}")
         elif args.command == "start":
             url = start(SERVE_DIR, args.port, token_auth=not args.disable_token_auth)
             print(f"serving {url}; tokens in {SERVE_DIR / 'key_file.json'}")

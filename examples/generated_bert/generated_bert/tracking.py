@@ -25,9 +25,10 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from .args import PROJECT_DIR, UsageError, apply_defaults
+from .args import PROJECT_DIR, FlagValues, UsageError, apply_defaults
 from .files import load_data_info
 
 PROJECT_KIND = "bert"
@@ -42,6 +43,17 @@ MLFLOW_DEFAULTS = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
+
+
+@dataclass(frozen=True)
+class TrackingSettings(FlagValues):
+    """The mlflow flags: whether and where runs are tracked, and under which names."""
+    use_mlflow: bool
+    experiment: str
+    user: str
+    run_name: str | None
+    tracking_uri: str
+    endpoint_url: str | None
 
 
 def add_mlflow_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
@@ -64,6 +76,7 @@ def add_mlflow_args(parser: argparse.ArgumentParser, defaults: dict | None = Non
 
 
 def import_mlflow():
+    """MLflow's client class, imported only when a run is asked for."""
     try:
         import mlflow  # noqa: F401
     except ImportError:
@@ -74,6 +87,14 @@ def import_mlflow():
     from mlflow import MlflowClient
 
     return MlflowClient
+
+
+def mlflow_errors() -> tuple[type[Exception], ...]:
+    """What a store that does not answer raises: MLflow's errors, and OSError for a
+    refused or broken connection."""
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException, OSError
 
 
 @contextmanager
@@ -103,21 +124,19 @@ def artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
-def connect(args):
+def connect(tracking_uri: str, experiment_name: str):
     """A client for --tracking_uri, and the id of --experiment (created if missing)."""
-    client = import_mlflow()(tracking_uri=args.tracking_uri)
-    from mlflow.exceptions import MlflowException
-
+    client = import_mlflow()(tracking_uri=tracking_uri)
     try:
-        experiment = client.get_experiment_by_name(args.experiment)
+        experiment = client.get_experiment_by_name(experiment_name)
         if experiment is None:
             return client, client.create_experiment(
-                args.experiment, artifact_location=artifact_location(args.tracking_uri))
+                experiment_name, artifact_location=artifact_location(tracking_uri))
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
         return client, experiment.experiment_id
-    except (MlflowException, OSError) as error:  # OSError: a refused or broken connection
-        raise UsageError(f"cannot reach the MLflow tracking store {args.tracking_uri} "
+    except mlflow_errors() as error:
+        raise UsageError(f"cannot reach the MLflow tracking store {tracking_uri} "
                          f"({describe(error)}); start the server or fix --tracking_uri") from None
 
 
@@ -132,11 +151,9 @@ def warn(what: str, error: Exception) -> None:
 
 
 def end_run(client, run_id: str, status: str) -> None:
-    from mlflow.exceptions import MlflowException
-
     try:
         client.set_terminated(run_id, status)
-    except (MlflowException, OSError) as error:  # the job's own outcome matters more
+    except mlflow_errors() as error:  # the job's own outcome matters more
         warn(f"could not mark run {run_id} {status}; it shows as RUNNING", error)
 
 
@@ -146,24 +163,23 @@ def git_commit() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def run_params(args) -> dict[str, str]:
-    """Every argument of the job, and where its data came from (the prepared data
+def run_params(flags: dict) -> dict[str, str]:
+    """Every flag of the job, and where its data came from (the prepared data
     set's source, rows and rows skipped), as MLflow parameters."""
-    hidden = {"mlflow_run_id", "parent_run_id", "local_rank"}
-    params = {key: value for key, value in vars(args).items() if key not in hidden}
-    data_info = load_data_info(args.data_dir, args.data_date) or {}
+    params = {key: value for key, value in flags.items() if key != "local_rank"}
+    data_info = load_data_info(flags["data_dir"], flags["data_date"]) or {}
     params.update({f"data_{key}": value for key, value in data_info.items()})
     return {key: str(value) for key, value in sorted(params.items()) if value is not None}
 
 
-def close_child_runs(args, failed: set[str]) -> None:
+def close_child_runs(tracking: TrackingSettings, parent_run_id: str, failed: set[str]) -> None:
     """End the runs of a search's trials that are still open: Ray Tune stops a
     trial's process when the scheduler is done with it, before its run can end.
     Trials in ``failed`` (Ray trial ids) end FAILED, the others FINISHED."""
-    client, experiment_id = connect(args)
+    client, experiment_id = connect(tracking.tracking_uri, tracking.experiment)
     still_open = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{args.mlflow_run_id}' "
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
                       "and attributes.status = 'RUNNING'")
     for run in still_open:
         status = "FAILED" if run.data.tags.get("ray_trial_id") in failed else "FINISHED"
@@ -171,24 +187,25 @@ def close_child_runs(args, failed: set[str]) -> None:
 
 
 @contextmanager
-def mlflow_run(args, parent_run_id: str | None = None, tags: dict | None = None):
-    """Create the job's run; yield its id (None without --use_mlflow, on a node
-    other than node 0, or on a torchrun rank other than 0); end it FINISHED,
-    KILLED or FAILED."""
+def mlflow_run(tracking: TrackingSettings, flags: dict, node_rank: int = 0,
+               parent_run_id: str | None = None, tags: dict | None = None):
+    """Create the job's run, with ``flags`` as its parameters; yield its id (None
+    without --use_mlflow, on a node other than node 0, or on a torchrun rank other
+    than 0); end it FINISHED, KILLED or FAILED."""
     # Each node of a --nodes job runs main.py once; under torchrun each rank does.
-    if not args.use_mlflow or args.nr != 0 or os.environ.get("RANK", "0") != "0":
+    if not tracking.use_mlflow or node_rank != 0 or os.environ.get("RANK", "0") != "0":
         yield None
         return
-    client, experiment_id = connect(args)
+    client, experiment_id = connect(tracking.tracking_uri, tracking.experiment)
     from mlflow.entities import Param, RunStatus
 
-    tags = {"mlflow.user": args.user, "kind": PROJECT_KIND, **(tags or {})}
+    tags = {"mlflow.user": tracking.user, "kind": PROJECT_KIND, **(tags or {})}
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run_id = client.create_run(experiment_id, run_name=args.run_name, tags=tags).info.run_id
-    params = [Param(key, value) for key, value in run_params(args).items()]
+    run_id = client.create_run(experiment_id, run_name=tracking.run_name, tags=tags).info.run_id
+    params = [Param(key, value) for key, value in run_params(flags).items()]
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=params[start:start + 100])
     try:
@@ -210,10 +227,10 @@ class RunLogger:
     """Logs metrics and artifacts into an existing run. Metrics are buffered and
     sent in batches: one call per epoch instead of one per step."""
 
-    def __init__(self, args):
-        self.client = import_mlflow()(tracking_uri=args.tracking_uri)
-        self.run_id = args.mlflow_run_id
-        self.endpoint_url = args.endpoint_url
+    def __init__(self, tracking_uri: str, run_id: str, endpoint_url: str | None = None):
+        self.client = import_mlflow()(tracking_uri=tracking_uri)
+        self.run_id = run_id
+        self.endpoint_url = endpoint_url
         self.pending = []
 
     def log_metric(self, key: str, value: float, step: int) -> None:
@@ -223,56 +240,50 @@ class RunLogger:
 
     def flush(self) -> None:
         """Send the pending metrics; those the store does not take wait for the next flush."""
-        from mlflow.exceptions import MlflowException
-
         while self.pending:
             batch = self.pending[:1000]  # MLflow takes at most 1000 metrics per batch
             try:
                 self.client.log_batch(self.run_id, metrics=batch)
-            except (MlflowException, OSError) as error:
+            except mlflow_errors() as error:
                 warn(f"{len(self.pending)} metric values not sent yet; they are sent again "
                      "after the next epoch", error)
                 return
             del self.pending[:len(batch)]
 
     def set_tag(self, key: str, value) -> None:
-        from mlflow.exceptions import MlflowException
-
         try:
             self.client.set_tag(self.run_id, key, str(value))
-        except (MlflowException, OSError) as error:
+        except mlflow_errors() as error:
             warn(f"tag {key}={value} not set", error)
 
     def log_artifact(self, path: Path) -> None:
-        from mlflow.exceptions import MlflowException
-
         try:
             with s3_endpoint(self.endpoint_url):
                 self.client.log_artifact(self.run_id, str(path))
-        except (MlflowException, OSError) as error:
+        except mlflow_errors() as error:
             warn(f"{path.name} not uploaded; it is kept in {path.parent}", error)
 
 
 STATE_DICT_NAME = re.compile(r"^state_dict_e(?P<epoch>\w+)_(?P<date>\d{8})\.pt$")
 
 
-def get_state_dict(args, epoch: int | str, filter_string: str | None = None,
-                   run_id: str | None = None, dst: Path | None = None) -> Path:
-    """Download epoch ``epoch``'s state dict of one run into ``dst`` (default
-    --data_dir) and return its path; its name carries the data set's date.
+def get_state_dict(tracking: TrackingSettings, epoch: int | str, dst: Path,
+                   filter_string: str | None = None, run_id: str | None = None) -> Path:
+    """Download epoch ``epoch``'s state dict of one run into ``dst`` and return
+    its path; its name carries the data set's date.
     ``epoch`` "best" is the epoch of the run's best_epoch tag.
 
     Name the run by ``run_id``, or by a filter such as "params.lr = '0.01'" or
     "attributes.run_name = 'baseline'" that matches exactly one run.
     """
-    client, experiment_id = connect(args)
+    client, experiment_id = connect(tracking.tracking_uri, tracking.experiment)
     if run_id is None:
         if not filter_string:
             raise UsageError("get_state_dict needs a run_id or a filter_string naming one run")
         runs = client.search_runs([experiment_id], filter_string=filter_string, max_results=2)
         if len(runs) != 1:
             found = "no run matches" if not runs else "several runs match"
-            raise UsageError(f"{found} {filter_string!r} in experiment {args.experiment!r}; "
+            raise UsageError(f"{found} {filter_string!r} in experiment {tracking.experiment!r}; "
                              "name exactly one run, e.g. \"attributes.run_id = '...'\"")
         run_id = runs[0].info.run_id
     if str(epoch) == "best":
@@ -286,7 +297,7 @@ def get_state_dict(args, epoch: int | str, filter_string: str | None = None,
         epochs = sorted(saved)
         raise UsageError(f"run {run_id} has no state dict for epoch {epoch}; "
                          f"it has epochs: {', '.join(epochs) or 'none'}")
-    dst = Path(dst or args.data_dir)
+    dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    with s3_endpoint(args.endpoint_url):
+    with s3_endpoint(tracking.endpoint_url):
         return Path(client.download_artifacts(run_id, saved[str(epoch)], str(dst)))

@@ -1,8 +1,11 @@
-"""train(args, gpu): the whole training loop, top to bottom.
+"""train(args, world): the whole training loop, top to bottom.
 
-world -> data -> model -> optimizer and schedule -> resume -> DDP wrap ->
+task -> model -> optimizer and schedule -> resume -> DDP wrap ->
 epochs of (train, validate, record, save) until --epochs or --patience ->
-the best epoch's weights -> test -> clean up.
+the best epoch's weights -> test -> report.
+
+What differs between kinds of project (data, model, loss, test report) is
+task.py's; the world (device, rank, collectives) is world.py's.
 """
 
 import math
@@ -16,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .args import UsageError
-from .batching import batches, groups_of, num_rows, oversampled_rows, shard
+from .batching import groups_of, shard
 from .checkpoints import (
     checkpoint_path,
     load_checkpoint,
@@ -28,9 +31,7 @@ from .checkpoints import (
     state_dict_path,
     unwrap,
 )
-from .data import load_label_names
 from .files import data_file
-from .hf import get_tokenizer, load_encoded_split, model_source
 from .metrics import (
     EpochTimer,
     SmoothedLoss,
@@ -39,18 +40,10 @@ from .metrics import (
     print_metrics_table,
     save_metrics_table,
 )
-from .model import balanced_class_weights, build_model, compute_loss
-from .report import classification_summary, predict
+from .task import Task, TaskSettings
 from .tracking import RunLogger
 from .tune import report_epoch
-from .world import (
-    average_across_ranks,
-    broadcast_from_logger,
-    cleanup_world,
-    first_on_each_node,
-    min_across_ranks,
-    setup_world,
-)
+from .world import World, average_across_ranks, broadcast_from_logger, min_across_ranks
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -59,7 +52,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The dtype autocast runs in, or None for plain fp32."""
     # Emulated bf16 (V100, T4) counts as supported by default, and is slow.
     bf16_native = device.type == "cpu" or torch.cuda.is_bf16_supported(including_emulation=False)
-    if precision == "amp":  # --mixed_precision: bf16 where the device has it, else fp16
+    if precision == "auto":  # bf16 where the device runs it natively, else fp16
         return torch.bfloat16 if bf16_native else torch.float16
     if precision == "bf16" and not bf16_native:
         print(f"warning: {torch.cuda.get_device_name(device)} only emulates bf16, which is slow; "
@@ -111,7 +104,7 @@ def read_losses(step_losses: list[torch.Tensor], world, epoch: int, first_step: 
 
 
 @torch.no_grad()
-def evaluate(model, tensors, batch_size, world, autocast) -> float:
+def evaluate(model, task: Task, tensors, batch_size, world, autocast) -> float:
     """Mean loss over every row of ``tensors``; each rank scores its own shard."""
     # The bare model: DDP's forward may sync buffers, which would wait on ranks
     # whose shard is one batch shorter.
@@ -119,39 +112,20 @@ def evaluate(model, tensors, batch_size, world, autocast) -> float:
     model.eval()
     total = torch.zeros((), device=world.device)
     rows = torch.zeros((), device=world.device)
-    order = torch.arange(num_rows(tensors))
-    for batch in batches(tensors, shard(order, world, pad=False), batch_size):
+    order = torch.arange(task.num_rows(tensors))
+    for batch in task.batches(tensors, shard(order, world, pad=False), batch_size):
         with autocast():
-            total += compute_loss(model, batch, reduction="sum").float()
-        rows += num_rows(batch)
+            total += task.compute_loss(model, batch, reduction="sum").float()
+        rows += task.num_rows(batch)
     return average_across_ranks(total, rows, world)
 
 
-def train(args, gpu=None):
-    world = setup_world(gpu)
+def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
     torch.manual_seed(args.seed)
-    # Data: the texts, tokenized for --bert_type once and cached under data/tokenized/
-    # (each machine's first process fills the cache, the others read it), kept on
-    # the device.
-    tokenizer = get_tokenizer(args.bert_type)
-    label_names = load_label_names(args.data_dir, args.data_date)
-    with first_on_each_node(world):
-        train_set, valid_set, test_set = (
-            load_encoded_split(args.data_dir, args.data_date, name, tokenizer, args.max_length,
-                               world.device)
-            for name in ("train", "valid", "test"))
-
-    model = build_model(args, label_names).to(world.device)
-    # --balance: rarer labels weigh more in the training loss, or their texts are
-    # drawn again (once, seeded) until every label has as many as the commonest.
-    class_weights = (balanced_class_weights(train_set["labels"], len(label_names))
-                     if args.balance == "weights" else None)
-    training_loss = partial(compute_loss, class_weights=class_weights)
-    train_rows = (oversampled_rows(train_set["labels"], args.seed)
-                  if args.balance == "oversample" else torch.arange(num_rows(train_set)))
-    # What serving needs to rebuild the model; saved beside the state dicts.
-    run_info = {"bert_type": model_source(args.bert_type), "max_length": args.max_length,
-                "label_names": label_names}
+    # The data on the device, the model, its loss and its test report (task.py).
+    task = Task(TaskSettings.pick(vars(args)), args.data_dir, args.data_date, world)
+    model = task.build_model().to(world.device)
+    train_rows = task.training_rows(args.seed)
 
     rows_per_rank = math.ceil(len(train_rows) / world.world_size)
     steps_per_epoch = math.ceil(math.ceil(rows_per_rank / args.bs) / args.accumulate)
@@ -167,7 +141,8 @@ def train(args, gpu=None):
     dtype = autocast_dtype(args.precision, world.device)
     autocast = partial(torch.autocast, world.device.type, dtype=dtype, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
-    tracker = RunLogger(args) if world.is_logger and args.mlflow_run_id else None
+    tracker = (RunLogger(args.tracking_uri, mlflow_run_id, args.endpoint_url)
+               if world.is_logger and mlflow_run_id else None)
 
     checkpoint_file = checkpoint_path(args.output_dir, args.data_date)
     metrics, first_epoch = [], 0
@@ -182,7 +157,7 @@ def train(args, gpu=None):
         save_state_dict(model, args.output_dir, "orig", args.data_date)
     if world.is_logger:
         save_run_info(args.output_dir, args.data_date,
-                      {**run_info, "best_epoch": best_epoch(metrics)})
+                      {**task.run_info, "best_epoch": best_epoch(metrics)})
 
     if world.is_ddp:
         model = DistributedDataParallel(
@@ -192,7 +167,7 @@ def train(args, gpu=None):
     if world.is_logger:
         per_step = world.world_size * args.bs * args.accumulate
         print(f"{world.world_size} process(es) x batch {args.bs} x {args.accumulate} "
-              f"accumulated = {per_step} texts per step, {steps_per_epoch} steps per epoch, "
+              f"accumulated = {per_step} {task.noun} per step, {steps_per_epoch} steps per epoch, "
               f"on {world.device}, {dtype or torch.float32}")
         if first_epoch:
             print(f"resuming after epoch {first_epoch - 1} from {checkpoint_file}")
@@ -212,8 +187,8 @@ def train(args, gpu=None):
         # A new order every epoch, the same on every rank; each rank takes its shard.
         shuffle = torch.Generator().manual_seed(args.seed + epoch)
         order = train_rows[torch.randperm(len(train_rows), generator=shuffle)]
-        micro_batches = batches(train_set, shard(order, world, pad=True), args.bs,
-                                shuffle_seed=args.seed + epoch)
+        micro_batches = task.batches(task.train_set, shard(order, world, pad=True), args.bs,
+                                     shuffle_seed=args.seed + epoch)
         smoothed = SmoothedLoss()
         step_losses = []  # on the device until read, every --log_every steps
         loss_sum = torch.zeros((), device=world.device)
@@ -228,11 +203,11 @@ def train(args, gpu=None):
                 is_last = i == len(group) - 1
                 with nullcontext() if is_last or not world.is_ddp else model.no_sync():
                     with autocast():
-                        loss = training_loss(model, batch)
+                        loss = task.compute_loss(model, batch)
                     scaler.scale(loss / len(group)).backward()
                 step_loss += loss.detach() / len(group)
-                loss_sum += loss.detach() * num_rows(batch)
-                rows_seen += num_rows(batch)
+                loss_sum += loss.detach() * task.num_rows(batch)
+                rows_seen += task.num_rows(batch)
 
             if args.clip_grad:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -263,7 +238,7 @@ def train(args, gpu=None):
         # The all-reduces here are also the barrier: every rank has finished the
         # epoch before rank 0 writes its files.
         train_loss = average_across_ranks(loss_sum, rows_seen, world)
-        valid_loss = evaluate(model, valid_set, args.bs, world, autocast)
+        valid_loss = evaluate(model, task, task.valid_set, args.bs, world, autocast)
         metrics.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
                         "time": timer.elapsed()})
         if world.is_logger:
@@ -273,9 +248,10 @@ def train(args, gpu=None):
                             epochs=args.epochs, steps_per_epoch=steps_per_epoch,
                             metrics=metrics)
             save_run_info(args.output_dir, args.data_date,
-                          {**run_info, "best_epoch": best_epoch(metrics)})
+                          {**task.run_info, "best_epoch": best_epoch(metrics)})
         if args.use_ray_tune:  # a trial of a search: ASHA may stop it here
-            report_epoch(args, {**metrics[-1], "world_size": world.world_size})
+            report_epoch({**metrics[-1], "world_size": world.world_size},
+                         in_ray_train=args.workers_per_trial > 1)
         if tracker:
             tracker.log_metric("valid_loss", valid_loss, (epoch + 1) * steps_per_epoch)
             tracker.flush()
@@ -290,14 +266,11 @@ def train(args, gpu=None):
         weights = (load_state_dict(args.output_dir, best, args.data_date, world.device)
                    if world.is_logger else unwrap(model).state_dict())
         unwrap(model).load_state_dict(broadcast_from_logger(weights, world))
-    test_loss = evaluate(model, test_set, args.bs, world, autocast)
+
+    test_loss = evaluate(model, task, task.test_set, args.bs, world, autocast)
     if world.is_logger:
-        print(f"test loss: {test_loss:.4f}")
-        # One process scores the whole test set, so the report needs no gathering.
-        predictions = predict(unwrap(model), test_set, args.bs, autocast)
-        report, report_files = classification_summary(
-            predictions, test_set["labels"].cpu(), label_names, args.output_dir, args.data_date)
-        test_metrics = {"test_loss": test_loss, **report}
+        test_metrics, report_files = task.report(unwrap(model), test_loss, args.bs, autocast,
+                                                 args.output_dir, args.data_date)
         metrics_file = data_file(args.output_dir, "metrics", args.data_date, ".csv")
         save_metrics_table(metrics, best, test_metrics, metrics_file)
     if tracker:
@@ -305,9 +278,6 @@ def train(args, gpu=None):
             tracker.log_metric(name, value, total_steps)
         tracker.flush()
         tracker.set_tag("best_epoch", best)
-        tracker.log_artifact(metrics_file)
-        tracker.log_artifact(run_info_path(args.output_dir, args.data_date))
-        for path in report_files:
+        for path in [metrics_file, run_info_path(args.output_dir, args.data_date), *report_files]:
             tracker.log_artifact(path)
-    cleanup_world(world)
     return metrics

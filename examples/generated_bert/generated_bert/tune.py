@@ -15,16 +15,19 @@ data/best_config_{date}.yaml. Ray is imported only for a search.
 """
 
 import argparse
-import copy
 import math
 import os
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import yaml
 
-from .args import PROJECT_DIR, UsageError, apply_defaults, positive_int
+from .args import PROJECT_DIR, FlagValues, UsageError, apply_defaults, positive_int
 from .files import data_file, write_atomically
+from .tracking import RunLogger, TrackingSettings, close_child_runs, mlflow_run
+from .world import joined_world
 
 # sampler name -> the arguments it takes, as in ray.tune's functions of that name.
 SAMPLERS = {
@@ -171,9 +174,9 @@ def load_config_file(path: Path, parser: argparse.ArgumentParser) -> dict:
     return converted
 
 
-def report_epoch(args, row: dict) -> None:
+def report_epoch(row: dict, in_ray_train: bool) -> None:
     """Hand one epoch's metrics to Tune; ASHA may end the trial here."""
-    if args.workers_per_trial > 1:
+    if in_ray_train:
         import ray.train
 
         ray.train.report(row)  # every worker reports; Tune receives rank 0's row
@@ -183,69 +186,68 @@ def report_epoch(args, row: dict) -> None:
         tune.report(row)
 
 
-def _trial_args(args, config: dict, trial_id: str):
-    trial_args = copy.copy(args)
-    vars(trial_args).update(config)
-    trial_args.output_dir = RESULTS_DIR / args.search_name / "trials" / trial_id
-    return trial_args
+@dataclass(frozen=True)
+class SearchSettings(FlagValues):
+    """The ray tune flags a search runs by, and the data set it searches on."""
+    num_samples: int
+    workers_per_trial: int
+    epochs: int
+    data_dir: Path
+    data_date: str
 
 
-def _one_process_trial(config: dict, args, train_fn) -> None:
-    import torch
-    from ray import tune
-
-    trial_id = tune.get_context().get_trial_id()
-    trial_args = _trial_args(args, config, trial_id)
-    from .tracking import mlflow_run
-
-    with mlflow_run(trial_args, parent_run_id=args.mlflow_run_id,
-                    tags={"ray_trial_id": trial_id}) as trial_args.mlflow_run_id:
-        train_fn(trial_args, 0 if torch.cuda.is_available() else None)
-
-
-def _ddp_worker(trial_args, train_fn) -> None:
-    import ray.train
+def search_trial(args, train_fn, parent_run_id: str | None, config: dict, trial_id: str,
+                 output_dir: Path, worker_resources: dict) -> None:
+    """One trial of a search: ``train_fn`` with the trial's values in place of the
+    flags', writing into its own folder, tracked as a child of the search's run.
+    With --workers_per_trial > 1 it runs as a Ray Train DDP job of that many
+    processes, each taking ``worker_resources``."""
     import torch
 
-    local_rank = ray.train.get_context().get_local_rank()
-    train_fn(trial_args, local_rank if torch.cuda.is_available() else None)
+    trial_args = argparse.Namespace(**{**vars(args), **config, "output_dir": output_dir})
+    tracking = TrackingSettings.pick(vars(trial_args))
+    with mlflow_run(tracking, vars(trial_args), parent_run_id=parent_run_id,
+                    tags={"ray_trial_id": trial_id}) as mlflow_run_id:
+        job = partial(train_fn, trial_args, mlflow_run_id=mlflow_run_id)
+        if args.workers_per_trial == 1:
+            with joined_world(0 if torch.cuda.is_available() else None) as world:
+                job(world)
+        else:
+            run_ray_train_job(job, args.workers_per_trial, worker_resources, trial_id,
+                              output_dir.parent.parent / "train")
 
 
-def _ddp_trial(config: dict, args, train_fn, worker_resources: dict) -> None:
-    """A Tune trial that runs the training as a Ray Train DDP job."""
-    from ray import train, tune
+def run_ray_train_job(job, workers: int, worker_resources: dict, name: str,
+                      storage_path: Path) -> None:
+    """job(world) on ``workers`` Ray Train processes, one DDP job; Ray creates the
+    process group, and each process its world on it."""
+    import torch
+    from ray import train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trial_id = tune.get_context().get_trial_id()
-    trial_args = _trial_args(args, config, trial_id)
+    def worker():
+        local_rank = train.get_context().get_local_rank()
+        with joined_world(local_rank if torch.cuda.is_available() else None) as world:
+            job(world)
 
-    def worker(loop_config):
-        _ddp_worker(loop_config["args"], train_fn)
-
-    def fit():
-        TorchTrainer(
-            worker,
-            train_loop_config={"args": trial_args},
-            scaling_config=train.ScalingConfig(
-                num_workers=args.workers_per_trial, use_gpu="GPU" in worker_resources,
-                resources_per_worker=worker_resources),
-            run_config=train.RunConfig(
-                name=f"train-{trial_id}",
-                storage_path=str(RESULTS_DIR / args.search_name / "train"),
-                callbacks=[TuneReportCallback()],
-                logging_config=train.LoggingConfig(log_level="WARNING")),
-        ).fit()
-
-    from .tracking import mlflow_run
-
-    with mlflow_run(trial_args, parent_run_id=args.mlflow_run_id,
-                    tags={"ray_trial_id": trial_id}) as trial_args.mlflow_run_id:
-        fit()
+    TorchTrainer(
+        worker,
+        scaling_config=train.ScalingConfig(
+            num_workers=workers, use_gpu="GPU" in worker_resources,
+            resources_per_worker=worker_resources),
+        run_config=train.RunConfig(
+            name=f"train-{name}", storage_path=str(storage_path),
+            callbacks=[TuneReportCallback()],
+            logging_config=train.LoggingConfig(log_level="WARNING")),
+    ).fit()
 
 
-def run_search(args, train_fn, space: dict):
-    """Run the trials; print the table and save the best configuration."""
+def run_search(trial, space: dict, search: SearchSettings,
+               tracking: TrackingSettings | None = None, parent_run_id: str | None = None) -> Path:
+    """Run the trials, each ``trial(config, trial_id, output_dir, worker_resources)``
+    (search_trial with the job's flags); print the table and save the best
+    configuration, whose path is returned."""
     # Set before Ray starts: its processes inherit them.
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # keeps token auth, without its warning
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the project folder
@@ -260,28 +262,22 @@ def run_search(args, train_fn, space: dict):
                          "(or pip install -e '.[ray]')") from None
 
     # One folder per search, so results of earlier searches never mix in.
-    args.search_name = f"tune_{args.data_date}_{datetime.now():%H%M%S}"
+    search_name = f"tune_{search.data_date}_{datetime.now():%H%M%S}"
     ray.init(logging_level="WARNING")
     # The cluster's resources, not this machine's: a head node may have no GPU.
     cpus = ray.cluster_resources().get("CPU", 1)
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    workers = args.workers_per_trial
+    workers = search.workers_per_trial
     if workers == 1:
-        def trial(config):
-            _one_process_trial(config, args, train_fn)
-
-        trainable = tune.with_resources(trial, {"cpu": 1, "gpu": 1} if gpus else {"cpu": 1})
+        worker = {}
+        trial_resources = {"cpu": 1, "gpu": 1} if gpus else {"cpu": 1}
         concurrent = gpus if gpus else int(cpus)
     else:
         # The trial itself only waits for its Ray Train job: a sliver of a CPU.
         # Its workers take a GPU each, or share the CPUs so that a trial fits.
         driver_cpu = 0.1
         worker = {"CPU": 1, "GPU": 1} if gpus else {"CPU": min(1.0, (cpus - driver_cpu) / workers)}
-
-        def trial(config):
-            _ddp_trial(config, args, train_fn, worker)
-
-        trainable = tune.with_resources(trial, {"cpu": driver_cpu})
+        trial_resources = {"cpu": driver_cpu}
         # Tune sees only the trials' own CPU, so cap how many start at once.
         per_trial_cpu = driver_cpu + workers * worker["CPU"]
         concurrent = gpus // workers if gpus else int(cpus // per_trial_cpu)
@@ -289,30 +285,32 @@ def run_search(args, train_fn, space: dict):
         raise UsageError(f"--workers_per_trial {workers} needs {workers} GPUs per trial; "
                          f"{gpus} are visible")
 
+    def one_trial(config):
+        trial_id = tune.get_context().get_trial_id()
+        trial(config, trial_id, RESULTS_DIR / search_name / "trials" / trial_id, worker)
+
     tuner = tune.Tuner(
-        trainable,
+        tune.with_resources(one_trial, trial_resources),
         param_space={key: getattr(tune, sampler)(**kwargs)
                      for key, (sampler, kwargs) in space.items()},
         tune_config=tune.TuneConfig(
-            metric="valid_loss", mode="min", num_samples=args.num_samples,
+            metric="valid_loss", mode="min", num_samples=search.num_samples,
             max_concurrent_trials=concurrent,
-            scheduler=ASHAScheduler(max_t=args.epochs, grace_period=1)),
-        run_config=tune.RunConfig(name=args.search_name, storage_path=str(RESULTS_DIR), verbose=1),
+            scheduler=ASHAScheduler(max_t=search.epochs, grace_period=1)),
+        run_config=tune.RunConfig(name=search_name, storage_path=str(RESULTS_DIR), verbose=1),
     )
     results = tuner.fit()
     ray.shutdown()
-    if args.mlflow_run_id:
-        from .tracking import RunLogger, close_child_runs
-
+    best_config = summarize(results, space, search.data_dir, search.data_date)
+    if parent_run_id:
         failed = {result.metrics.get("trial_id") for result in results if result.error}
-        close_child_runs(args, failed)
-        best_config = summarize(results, space, args)
-        RunLogger(args).log_artifact(best_config)
-        return best_config
-    return summarize(results, space, args)
+        close_child_runs(tracking, parent_run_id, failed)
+        RunLogger(tracking.tracking_uri, parent_run_id, tracking.endpoint_url).log_artifact(
+            best_config)
+    return best_config
 
 
-def summarize(results, space: dict, args):
+def summarize(results, space: dict, data_dir: Path, data_date: str) -> Path:
     """Print every trial's configuration and best valid_loss; save the best one."""
     import pandas as pd
 
@@ -332,7 +330,7 @@ def summarize(results, space: dict, args):
         raise UsageError("no trial finished an epoch; see the errors above")
     best = {key: finished.iloc[0][key] for key in space}
     best = {key: value.item() if hasattr(value, "item") else value for key, value in best.items()}
-    path = data_file(args.data_dir, "best_config", args.data_date, ".yaml")
+    path = data_file(data_dir, "best_config", data_date, ".yaml")
     text = (f"# best of {len(table)} trials: valid_loss {finished.iloc[0]['best_valid_loss']:.6g}\n"
             f"# train with it: python main.py --config {path}\n" + yaml.safe_dump(best))
     write_atomically(path, lambda tmp: Path(tmp).write_text(text))

@@ -5,10 +5,11 @@ import torch
 
 import main as entry_point
 from generated_bert.checkpoints import load_state_dict
+from generated_bert.cli import parse_args
 from generated_bert.data import load_label_names, load_texts
 from generated_bert.data import main as prepare_data
 from generated_bert.hf import build_tiny_model
-from generated_bert.tracking import get_state_dict
+from generated_bert.tracking import TrackingSettings, get_state_dict
 
 # MLflow is an extra (pip install -e '.[mlflow]'); without it these tests skip.
 MlflowClient = pytest.importorskip("mlflow").MlflowClient
@@ -30,7 +31,7 @@ def args(tmp_path):
 
 def test_a_tracked_run_ends_finished_with_losses_and_state_dicts(args):
     entry_point.main(args)
-    parsed = entry_point.parse_args(args)
+    parsed = parse_args(args)
     client = MlflowClient(parsed.tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
@@ -42,8 +43,9 @@ def test_a_tracked_run_ends_finished_with_losses_and_state_dicts(args):
 
 def test_get_state_dict_brings_back_the_trained_weights(args, tmp_path):
     entry_point.main(args)
-    parsed = entry_point.parse_args(args)
-    path = get_state_dict(parsed, 1, "attributes.run_name = 'tracked'", dst=tmp_path / "served")
+    parsed = parse_args(args)
+    path = get_state_dict(TrackingSettings.pick(vars(parsed)), 1, tmp_path / "served",
+                          "attributes.run_name = 'tracked'")
     restored = torch.load(path, weights_only=True)
     trained = load_state_dict(parsed.data_dir, 1, DATE)
     assert restored.keys() == trained.keys()

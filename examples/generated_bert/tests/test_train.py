@@ -45,10 +45,9 @@ def test_training_learns_and_writes_the_report(setup, capsys):
 def test_saved_bert_model_gives_the_trained_logits(setup, tmp_path):
     data_dir, model_dir = setup
     run(data_dir, model_dir, "--epochs", "1")
-    args = entry_point.parse_args(["--data_dir", str(data_dir), "--bert_type", str(model_dir)])
-    args.data_date = DATE
     labels = load_label_names(data_dir, DATE)
-    saved = save_bert_model(args, 0, tmp_path / "saved", labels)
+    saved = save_bert_model(str(model_dir), labels, data_dir / f"state_dict_e0_{DATE}.pt",
+                            tmp_path / "saved")
 
     from transformers import AutoModelForSequenceClassification
 
