@@ -15,7 +15,7 @@ import yaml
 from quikgen import __version__
 from quikgen.source import publish, source_dir
 
-from .conftest import IDENTITY, REPO, commit_all, git, quikgen, run
+from .conftest import IDENTITY, REPO, commit_all, git, python, quikgen, run
 
 # The last release before copier.yml moved to the repository's root.
 PREVIOUS = "v0.1.0"
@@ -164,6 +164,10 @@ def test_a_project_from_the_previous_release_updates_across_the_layout_change(tm
     assert marked.stdout == "", f"conflict markers in {marked.stdout}"
     assert (source_dir() / "templates" / "project").is_dir()
     run("ruff", "check", "--no-cache", ".", cwd=project)
+    # Its own model.py and data.py (user-owned: never updated) still serve the new loop.
+    python(project, "-m", "old_project.data", "--synthetic", "--rows", "2000")
+    trained = python(project, "main.py", "--epochs", "1", "--gpus", "0").stdout
+    assert "test RMSE" in trained
 
     # Plain copier takes the same step.
     run(sys.executable, "-m", "copier", "update", "--defaults", cwd=twin)

@@ -114,7 +114,7 @@ def test_malformed_search_space_fails_in_seconds_naming_the_key(project, tmp_pat
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ("precision: bf17\n", "precision: invalid choice 'bf17' (choose from fp32, bf16, fp16)"),
+        ("precision: bf17\n", "precision: invalid choice 'bf17' (choose from fp32, bf16, fp16, auto)"),
         ("bs: -4\n", "bs: must be a whole number >= 1, got -4"),
         ("learning_rat: 0.01\n", "unknown argument(s) learning_rat"),
     ],
