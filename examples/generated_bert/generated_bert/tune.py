@@ -243,9 +243,9 @@ def run_ray_train_job(job, workers: int, worker_resources: dict, name: str,
     ).fit()
 
 
-def run_search(trial, space: dict, search: SearchSettings,
+def run_search(run_trial, space: dict, search: SearchSettings,
                tracking: TrackingSettings | None = None, parent_run_id: str | None = None) -> Path:
-    """Run the trials, each ``trial(config, trial_id, output_dir, worker_resources)``
+    """Run the trials, each ``run_trial(config, trial_id, output_dir, worker_resources)``
     (search_trial with the job's flags); print the table and save the best
     configuration, whose path is returned."""
     # Set before Ray starts: its processes inherit them.
@@ -285,12 +285,12 @@ def run_search(trial, space: dict, search: SearchSettings,
         raise UsageError(f"--workers_per_trial {workers} needs {workers} GPUs per trial; "
                          f"{gpus} are visible")
 
-    def one_trial(config):
+    def trial(config):  # Ray names the trials' folders trial_*
         trial_id = tune.get_context().get_trial_id()
-        trial(config, trial_id, RESULTS_DIR / search_name / "trials" / trial_id, worker)
+        run_trial(config, trial_id, RESULTS_DIR / search_name / "trials" / trial_id, worker)
 
     tuner = tune.Tuner(
-        tune.with_resources(one_trial, trial_resources),
+        tune.with_resources(trial, trial_resources),
         param_space={key: getattr(tune, sampler)(**kwargs)
                      for key, (sampler, kwargs) in space.items()},
         tune_config=tune.TuneConfig(
