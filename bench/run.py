@@ -85,6 +85,26 @@ def recommender_bench(work: Path, size: dict, report: dict) -> None:
     report["startup_overhead_s"] = wall(sys.executable, "main.py", "--help", cwd=project) - bare
 
 
+def save_every_bench(work: Path, size: dict, report: dict, repeat: int = 3) -> None:
+    """What the default --save_every costs: epoch time (train + validation, mid-epoch
+    checkpoints included) with it over epoch time without, runs alternating."""
+    project = work / "recbench"
+    if not project.is_dir():
+        render(project)
+        run(sys.executable, "-m", "recbench.data", "--synthetic", "--rows", size["rows"],
+            "--users", size["users"], "--items", size["items"], cwd=project)
+    seconds = {"0": [], "default": []}
+    for _ in range(repeat):
+        for name, flags in (("0", ["--save_every", "0"]), ("default", [])):
+            out = run(sys.executable, Path(__file__).with_name("text.py"), "generated",
+                      "recbench", "--gpus", "0", "--epochs", "2", "--bs", "256", *flags,
+                      cwd=project)
+            seconds[name].append(sum(json.loads(out.strip().splitlines()[-1])["epoch_seconds"]))
+    off, on = statistics.median(seconds["0"]), statistics.median(seconds["default"])
+    report["save_every_overhead"] = on / off - 1
+    report["save_every_seconds"] = {"off": off, "default": on}
+
+
 def bert_bench(work: Path, size: dict, report: dict) -> None:
     """Tiny BERT: synthetic texts (loops.py), then the 3,000 real reviews (text.py)."""
     from text import compare, reviews_csv  # bench/ is on sys.path: this script's folder
@@ -189,11 +209,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer texts for the BERT part")
     parser.add_argument("--json", type=Path, help="write the ratios to this file")
     parser.add_argument("--only", choices=["recommender", "bert", "bert_minilm", "inference",
-                                           "generator", "quality"],
+                                           "generator", "quality", "save_every"],
                         action="append", help="run only these parts (repeatable)")
     args = parser.parse_args()
     size = SIZES["quick" if args.quick else "full"]
-    parts = args.only or ["recommender", "bert", "inference", "generator"]
+    parts = args.only or ["recommender", "save_every", "bert", "inference", "generator"]
     report = {"size": size}
     work = Path(tempfile.mkdtemp(prefix="quikgen-bench-"))
     try:
@@ -204,7 +224,8 @@ def main():
              "bert_minilm": lambda: bert_minilm_bench(work, size, report),
              "inference": lambda: inference_bench(work, report),
              "generator": lambda: generator_bench(work, report),
-             "quality": lambda: quality_bench(work, report)}[part]()
+             "quality": lambda: quality_bench(work, report),
+             "save_every": lambda: save_every_bench(work, size, report)}[part]()
             print(f"{part}: done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -214,7 +235,8 @@ def main():
                 "bert_vs_hf_trainer", "bert_vs_hf_trainer_grouped",
                 "bert_vs_hf_trainer_synthetic", "bert_vs_maxpad", "bert_minilm_vs_hf_trainer",
                 "bert_minilm_vs_hf_trainer_grouped", "bert_minilm_accuracy_minus_hf",
-                "bert_minilm_macro_f1_minus_hf", "inference_vs_single", "quality"]
+                "bert_minilm_macro_f1_minus_hf", "inference_vs_single", "quality",
+                "save_every_overhead", "save_every_seconds"]
         args.json.write_text(json.dumps({key: report[key] for key in keys if key in report},
                                         indent=2) + "\n")
 

@@ -1,0 +1,145 @@
+"""Runs that schedulers take back: SIGTERM, step checkpoints, and torchrun restarts
+that resume by themselves (issue 19). Real processes with gloo on the CPU."""
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+
+from .conftest import python, quikgen
+
+pytestmark = pytest.mark.slow
+
+DATE = "20240131"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("preempted") / "preempted"
+    assert quikgen("new", str(dest), "--defaults").exit_code == 0
+    python(dest, "-m", "preempted.data", "--synthetic", "--rows", "12800", "--users", "200",
+           "--items", "100", "--data_date", DATE)
+    return dest
+
+
+@pytest.fixture
+def data_dir(project, tmp_path):
+    """A private copy of the prepared data: every run writes its own files."""
+    target = tmp_path / "data"
+    target.mkdir()
+    for path in (project / "data").glob(f"*_{DATE}.*"):
+        if path.name.split("_")[0] in ("train", "valid", "test", "id"):
+            shutil.copy(path, target)
+    return target
+
+
+def final_weights(data_dir, epochs):
+    return torch.load(data_dir / f"state_dict_e{epochs - 1}_{DATE}.pt", weights_only=True)
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
+
+
+def uninterrupted(project, tmp_path, data_dir, command):
+    """The final weights of ``command`` run to the end on a copy of ``data_dir``."""
+    copy = tmp_path / "uninterrupted"
+    shutil.copytree(data_dir, copy)
+    subprocess.run([*command, "--data_dir", str(copy)], cwd=project, check=True,
+                   capture_output=True, timeout=600)
+    return copy
+
+
+def start_until_checkpoint(project, data_dir, command):
+    """Start ``command``; return it once its first checkpoint has landed."""
+    process = subprocess.Popen([*command, "--data_dir", str(data_dir)], cwd=project,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = data_dir / f"checkpoint_{DATE}.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the next epoch's steps
+    return process, checkpoint
+
+
+def training_processes(launcher: psutil.Process) -> list[psutil.Process]:
+    """The launcher's children that train (spawn also starts a resource tracker)."""
+    return [child for child in launcher.children(recursive=True)
+            if "resource_tracker" not in " ".join(child.cmdline())]
+
+
+def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_and_resume_finishes_the_run(
+        project, data_dir, tmp_path):
+    epochs = 4
+    command = [sys.executable, "main.py", "--gpus", "0", "--procs", "2", "--epochs", str(epochs),
+               "--bs", "8", "--save_every", "0"]
+    expected = uninterrupted(project, tmp_path, data_dir, command)
+
+    process, checkpoint = start_until_checkpoint(project, data_dir, command)
+    ranks = training_processes(psutil.Process(process.pid))
+    assert len(ranks) == 2
+    # Epoch 0's checkpoint has just landed: a later epoch is under way.
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 143, stderr
+    assert time.monotonic() - stopped_at < 30
+    assert not [rank for rank in ranks if rank.is_running() and rank.status() != "zombie"]
+    saved = torch.load(checkpoint, weights_only=True)
+    assert 0 < saved["step"] < saved["steps_per_epoch"], "not in the middle of an epoch"
+    assert (f"stopped by SIGTERM in epoch {saved['epoch'] + 1}/{epochs} after step "
+            f"{saved['step']}; the checkpoint is {checkpoint}: continue with --resume") in stderr
+    assert "Traceback" not in stderr
+
+    result = subprocess.run([*command, "--data_dir", str(data_dir), "--resume"], cwd=project,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming epoch {saved['epoch']} after step {saved['step']}" in result.stdout
+    assert_same_weights(final_weights(data_dir, epochs), final_weights(expected, epochs))
+
+
+def test_a_single_process_stops_on_ctrl_c_with_exit_130_and_resumes(project, data_dir, tmp_path):
+    epochs = 4
+    command = [sys.executable, "main.py", "--gpus", "0", "--epochs", str(epochs), "--bs", "8",
+               "--save_every", "0"]
+    expected = uninterrupted(project, tmp_path, data_dir, command)
+
+    process, checkpoint = start_until_checkpoint(project, data_dir, command)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    saved = torch.load(checkpoint, weights_only=True)
+    assert 0 < saved["step"] < saved["steps_per_epoch"], "not in the middle of an epoch"
+    assert f"stopped by SIGINT in epoch {saved['epoch'] + 1}/{epochs}" in stderr
+    assert "Traceback" not in stderr
+
+    python(project, *command[1:], "--data_dir", str(data_dir), "--resume")
+    assert_same_weights(final_weights(data_dir, epochs), final_weights(expected, epochs))
+
+
+def test_torchrun_restarts_a_killed_worker_and_resume_auto_finishes_the_run(
+        project, data_dir, tmp_path):
+    epochs = 2
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "--max-restarts", "1", "main.py", "--gpus", "0",
+               "--epochs", str(epochs), "--bs", "8", "--resume", "auto", "--save_every", "20"]
+    expected = uninterrupted(project, tmp_path, data_dir, command)
+
+    process, checkpoint = start_until_checkpoint(project, data_dir, command)
+    workers = training_processes(psutil.Process(process.pid))
+    assert len(workers) == 2
+    max(workers, key=lambda worker: worker.pid).kill()  # SIGKILL: no handler, no checkpoint
+    stdout, stderr = process.communicate(timeout=600)
+
+    assert process.returncode == 0, stderr
+    assert "resuming epoch 0 after step " in stdout  # torchrun's second start, by itself
+    assert_same_weights(final_weights(data_dir, epochs), final_weights(expected, epochs))
