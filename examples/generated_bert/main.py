@@ -15,6 +15,7 @@ from generated_bert.args import UsageError
 from generated_bert.checkpoints import checkpoint_path, load_checkpoint
 from generated_bert.cli import build_parser, parse_args
 from generated_bert.launch import launch
+from generated_bert.stopping import Stopped
 from generated_bert.tracking import TrackingSettings, mlflow_run
 from generated_bert.train import train
 from generated_bert.tune import SearchSettings, load_search_space, run_search, search_trial
@@ -25,16 +26,20 @@ def main(argv=None) -> None:
         run(parse_args(argv))
     except UsageError as error:
         sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        # Checkpoints are written after every epoch, atomically: the last one is whole.
-        print("\ninterrupted; continue from the last finished epoch with --resume",
-              file=sys.stderr)
+    except Stopped as stopped:  # SIGTERM or Ctrl-C while training: a checkpoint is written
+        if str(stopped):
+            print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training started
+        print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
 
 
 def run(args) -> None:
-    if args.resume:  # fail here, with one line, rather than in every process
-        load_checkpoint(checkpoint_path(args.output_dir, args.data_date), "cpu", args.epochs)
+    # A checkpoint to resume from is checked here, with one line, not in every process.
+    checkpoint = checkpoint_path(args.output_dir, args.data_date)
+    if args.resume == "always" or (args.resume == "auto" and checkpoint.is_file()):
+        load_checkpoint(checkpoint, "cpu", args.epochs)
     # Checked before Ray starts, so a typo costs seconds, not a cluster start.
     space = load_search_space(args.tune_config, build_parser()) if args.use_ray_tune else None
     # One MLflow run for the whole job, however many processes train in it (for a

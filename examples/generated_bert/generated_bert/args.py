@@ -199,8 +199,17 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
         "wait for the GPU (default: %(default)s)",
     )
     group.add_argument(
-        "--resume", action="store_true",
-        help="continue from data/checkpoint_{date}.pt, written after every epoch",
+        "--resume", nargs="?", const="always", choices=["always", "auto"], default=None,
+        help="continue from the checkpoint in --output_dir (data/checkpoint_{date}.pt, "
+        "written after every epoch, every --save_every steps and on SIGTERM or Ctrl-C); "
+        "--resume auto starts afresh when there is none, as torchrun --max-restarts "
+        "and re-queued jobs need",
+    )
+    group.add_argument(
+        "--save_every", type=non_negative_int, default=500,
+        help="also write the checkpoint every this many optimizer steps, mid-epoch, so "
+        "a killed run loses at most that many; 0: only after each epoch "
+        "(default: %(default)s)",
     )
     group.add_argument(
         "--seed", type=int, default=42,

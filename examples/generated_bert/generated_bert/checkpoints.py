@@ -2,7 +2,8 @@
 
     data/state_dict_eorig_{date}.pt    weights before training
     data/state_dict_e{epoch}_{date}.pt weights after each epoch (0-based)
-    data/checkpoint_{date}.pt          everything needed to resume after the last epoch
+    data/checkpoint_{date}.pt          everything needed to resume: after the last epoch,
+                                       or mid-epoch (--save_every, SIGTERM, Ctrl-C)
     data/run_info_{date}.json          what the weights are: the model's settings, the
                                        best epoch so far; serving reads it
 
@@ -72,11 +73,15 @@ def checkpoint_path(data_dir: Path, data_date: str) -> Path:
     return data_file(data_dir, "checkpoint", data_date)
 
 
-def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: int,
-                    epochs: int, steps_per_epoch: int, metrics: list[dict]) -> Path:
-    """Everything that decides what happens after ``epoch``. Randomness needs no
-    state: each epoch's shuffle is seeded by --seed and the epoch, and its dropout
-    by --seed, the epoch and the rank (see train.py)."""
+def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: int, step: int,
+                    epochs: int, steps_per_epoch: int, metrics: list[dict],
+                    epoch_loss: tuple[float, float] = (0.0, 0.0)) -> Path:
+    """Everything that decides what happens after ``step`` optimizer steps of
+    ``epoch``; ``step == steps_per_epoch`` once the epoch is over and in ``metrics``.
+    ``epoch_loss`` is (sum of losses x rows, rows) of the epoch so far, over all ranks.
+    Randomness needs no state: each epoch's shuffle is seeded by --seed and the
+    epoch, and each step's dropout by --seed, the epoch, the step and the rank
+    (see train.py)."""
     remove_leftovers(path)
     return save_torch({
         "model": unwrap(model).state_dict(),
@@ -84,9 +89,11 @@ def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: i
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "epoch": epoch,
+        "step": step,
         "epochs": epochs,
         "steps_per_epoch": steps_per_epoch,
         "metrics": metrics,
+        "epoch_loss": list(epoch_loss),
     }, path)
 
 
@@ -115,4 +122,7 @@ def load_checkpoint(path: Path, device: torch.device | str, epochs: int,
             f"run would take {steps_per_epoch}; resume with that run's --bs, --accumulate and "
             "number of processes"
         )
+    # Checkpoints of quikgen 0.1 were written after whole epochs only.
+    checkpoint.setdefault("step", checkpoint.get("steps_per_epoch"))
+    checkpoint.setdefault("epoch_loss", [0.0, 0.0])
     return checkpoint

@@ -17,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from .args import UsageError
+from .stopping import STOP_SIGNALS, Stopped, signals_forwarded, signals_recorded
 from .world import joined_world
 
 
@@ -52,7 +53,7 @@ def free_port() -> int:
 
 
 def run_in_world(fn, gpu: int | None) -> None:
-    with joined_world(gpu) as world:
+    with signals_recorded(), joined_world(gpu) as world:
         fn(world)
 
 
@@ -84,10 +85,16 @@ def launch(fn, *, gpus: int | None, procs: int, nodes: int, nr: int,
     # One rendezvous for the whole job, chosen here, before any rank starts.
     os.environ["MASTER_ADDR"] = master_addr or "127.0.0.1"
     os.environ["MASTER_PORT"] = str(master_port or free_port())
+    processes = mp.spawn(_spawned_process, args=(fn, nr, procs_per_node, nodes, gpus > 0),
+                         nprocs=procs_per_node, join=False)
     try:
-        mp.spawn(_spawned_process, args=(fn, nr, procs_per_node, nodes, gpus > 0),
-                 nprocs=procs_per_node)
+        # SIGTERM or Ctrl-C here goes on to every process, which checkpoints and stops.
+        with signals_forwarded([process.pid for process in processes.processes]):
+            while not processes.join():
+                pass
     except mp.ProcessExitedException as error:
+        if error.exit_code in [128 + number for number in STOP_SIGNALS]:
+            raise Stopped(error.exit_code - 128) from None  # rank 0 said where it saved
         # spawn stops the other processes as soon as one fails. One that raised
         # printed why; one killed by a signal (the OOM killer, kill -9) could not.
         how = (f"was killed by {error.signal_name}" if error.signal_name
@@ -109,3 +116,7 @@ def _spawned_process(local_rank: int, fn, nr: int, procs_per_node: int, nodes: i
         run_in_world(fn, local_rank if use_gpus else None)
     except UsageError as error:
         sys.exit(f"error: {error}")
+    except Stopped as stopped:
+        if str(stopped):
+            print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)

@@ -12,6 +12,7 @@ import math
 import sys
 from contextlib import nullcontext
 from functools import partial
+from itertools import islice
 
 import torch
 from torch import nn
@@ -40,10 +41,18 @@ from .metrics import (
     print_metrics_table,
     save_metrics_table,
 )
+from .stopping import Stopped, received, stopped_at
 from .task import Task, TaskSettings
 from .tracking import RunLogger
 from .tune import report_epoch
-from .world import World, average_across_ranks, broadcast_from_logger, min_across_ranks
+from .world import (
+    World,
+    average_across_ranks,
+    broadcast_from_logger,
+    max_across_ranks,
+    min_across_ranks,
+    sum_across_ranks,
+)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -58,6 +67,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         print(f"warning: {torch.cuda.get_device_name(device)} only emulates bf16, which is slow; "
               "--precision fp16 runs natively", file=sys.stderr)
     return PRECISIONS[precision]
+
+
+def device_generator(device: torch.device) -> torch.Generator:
+    """The random generator that dropout on ``device`` draws from. Seeding it alone
+    takes microseconds; torch.manual_seed seeds every device's, a tenth of a
+    millisecond: several percent of a small model's step."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index]
+    return torch.default_generator
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -145,14 +163,20 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
                if world.is_logger and mlflow_run_id else None)
 
     checkpoint_file = checkpoint_path(args.output_dir, args.data_date)
-    metrics, first_epoch = [], 0
-    if args.resume:
+    # Where training starts: epoch first_epoch after first_step of its optimizer steps,
+    # with epoch_loss (sum of losses x rows, rows) of those steps over all ranks.
+    metrics, first_epoch, first_step, epoch_loss = [], 0, 0, (0.0, 0.0)
+    if args.resume == "always" or (args.resume == "auto" and checkpoint_file.is_file()):
         checkpoint = load_checkpoint(checkpoint_file, world.device, args.epochs, steps_per_epoch)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
-        metrics, first_epoch = checkpoint["metrics"], checkpoint["epoch"] + 1
+        metrics, first_epoch = checkpoint["metrics"], checkpoint["epoch"]
+        if checkpoint["step"] == steps_per_epoch:  # saved after the whole epoch
+            first_epoch += 1
+        else:
+            first_step, epoch_loss = checkpoint["step"], checkpoint["epoch_loss"]
     elif world.is_logger:
         save_state_dict(model, args.output_dir, "orig", args.data_date)
     if world.is_logger:
@@ -169,7 +193,9 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
         print(f"{world.world_size} process(es) x batch {args.bs} x {args.accumulate} "
               f"accumulated = {per_step} {task.noun} per step, {steps_per_epoch} steps per epoch, "
               f"on {world.device}, {dtype or torch.float32}")
-        if first_epoch:
+        if first_step:
+            print(f"resuming epoch {first_epoch} after step {first_step} from {checkpoint_file}")
+        elif first_epoch:
             print(f"resuming after epoch {first_epoch - 1} from {checkpoint_file}")
 
     for epoch in range(first_epoch, args.epochs):
@@ -181,21 +207,26 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
             break
         timer = EpochTimer()
         model.train()
-        # Dropout draws from a stream of its own per epoch and rank: a resumed epoch
-        # draws what the uninterrupted run drew, on every rank.
-        torch.manual_seed(hash((args.seed, epoch, world.rank)))
         # A new order every epoch, the same on every rank; each rank takes its shard.
         shuffle = torch.Generator().manual_seed(args.seed + epoch)
         order = train_rows[torch.randperm(len(train_rows), generator=shuffle)]
         micro_batches = task.batches(task.train_set, shard(order, world, pad=True), args.bs,
                                      shuffle_seed=args.seed + epoch)
+        steps = groups_of(micro_batches, args.accumulate)
+        # A run resumed mid-epoch skips the steps it had taken; rank 0 carries their
+        # losses (summed over all ranks when they were saved).
+        start = first_step if epoch == first_epoch else 0
+        resumed_loss = epoch_loss if start and world.is_logger else (0.0, 0.0)
+        loss_sum = torch.tensor(resumed_loss[0], device=world.device)
+        rows_seen = torch.tensor(resumed_loss[1], device=world.device)
         smoothed = SmoothedLoss()
         step_losses = []  # on the device until read, every --log_every steps
-        loss_sum = torch.zeros((), device=world.device)
-        rows_seen = torch.zeros((), device=world.device)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch: {epoch + 1}/{args.epochs}",
+        bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch: {epoch + 1}/{args.epochs}",
                    disable=not world.is_logger)
-        for step, group in enumerate(groups_of(micro_batches, args.accumulate)):
+        for step, group in enumerate(islice(steps, start, None), start=start):
+            # Dropout draws from a stream of its own per step and rank: a run resumed
+            # mid-epoch draws what the uninterrupted run drew, on every rank.
+            device_generator(world.device).manual_seed(hash((args.seed, epoch, step, world.rank)))
             step_loss = torch.zeros((), device=world.device)
             for i, batch in enumerate(group):
                 # DDP all-reduces gradients in backward; with accumulation only the
@@ -221,18 +252,36 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
             step_losses.append(step_loss)
             bar.update()
 
+            done = step + 1
+            save_now = args.save_every and (epoch * steps_per_epoch + done) % args.save_every == 0
             # Reading a loss makes the CPU wait for the device, so losses are read
-            # every --log_every steps, not every step (nanoGPT's log_interval).
-            if len(step_losses) == args.log_every or step + 1 == steps_per_epoch:
-                first_step = step + 1 - len(step_losses)
-                values = read_losses(step_losses, world, epoch, first_step)
+            # every --log_every steps, not every step (nanoGPT's log_interval), and
+            # before a checkpoint. There the ranks also agree whether to stop.
+            if len(step_losses) == args.log_every or done == steps_per_epoch or save_now:
+                read_from = done - len(step_losses)
+                values = read_losses(step_losses, world, epoch, read_from)
                 step_losses = []
                 for value in values:
                     smoothed.update(value)
                 bar.set_postfix(loss=f"{smoothed.value:.4f}", refresh=False)
                 if tracker:
-                    for offset, value in enumerate(values, start=first_step + 1):
+                    for offset, value in enumerate(values, start=read_from + 1):
                         tracker.log_metric("train_loss", value, epoch * steps_per_epoch + offset)
+                stop_signal = max_across_ranks(received(), world)
+                if done < steps_per_epoch and (save_now or stop_signal):
+                    # A mid-epoch checkpoint: the weights after this step, and its place.
+                    epoch_loss = sum_across_ranks([loss_sum, rows_seen], world)
+                    if world.is_logger:
+                        save_checkpoint(checkpoint_file, model=model, optimizer=optimizer,
+                                        scheduler=scheduler, scaler=scaler, epoch=epoch,
+                                        step=done, epochs=args.epochs,
+                                        steps_per_epoch=steps_per_epoch, metrics=metrics,
+                                        epoch_loss=epoch_loss)
+                    if stop_signal:
+                        bar.close()
+                        where = f"in epoch {epoch + 1}/{args.epochs} after step {done}"
+                        raise Stopped(stop_signal, stopped_at(stop_signal, where, checkpoint_file)
+                                      if world.is_logger else "")
         bar.close()
 
         # The all-reduces here are also the barrier: every rank has finished the
@@ -245,8 +294,8 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
             save_state_dict(model, args.output_dir, epoch, args.data_date)
             save_checkpoint(checkpoint_file, model=model, optimizer=optimizer,
                             scheduler=scheduler, scaler=scaler, epoch=epoch,
-                            epochs=args.epochs, steps_per_epoch=steps_per_epoch,
-                            metrics=metrics)
+                            step=steps_per_epoch, epochs=args.epochs,
+                            steps_per_epoch=steps_per_epoch, metrics=metrics)
             save_run_info(args.output_dir, args.data_date,
                           {**task.run_info, "best_epoch": best_epoch(metrics)})
         if args.use_ray_tune:  # a trial of a search: ASHA may stop it here
@@ -256,6 +305,12 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
             tracker.log_metric("valid_loss", valid_loss, (epoch + 1) * steps_per_epoch)
             tracker.flush()
             tracker.log_artifact(state_dict_path(args.output_dir, epoch, args.data_date))
+        # A stop signal during validation or saving: the epoch's checkpoint is whole.
+        stop_signal = max_across_ranks(received(), world)
+        if stop_signal and epoch + 1 < args.epochs:
+            where = f"after epoch {epoch + 1}/{args.epochs}"
+            raise Stopped(stop_signal, stopped_at(stop_signal, where, checkpoint_file)
+                          if world.is_logger else "")
 
     best = best_epoch(metrics)
     if world.is_logger:

@@ -204,7 +204,9 @@ def search_trial(args, train_fn, parent_run_id: str | None, config: dict, trial_
     processes, each taking ``worker_resources``."""
     import torch
 
-    trial_args = argparse.Namespace(**{**vars(args), **config, "output_dir": output_dir})
+    # A trial that Ray restarts (tune.FailureConfig) continues from its own checkpoint.
+    trial_args = argparse.Namespace(**{**vars(args), **config, "output_dir": output_dir,
+                                       "resume": "auto"})
     tracking = TrackingSettings.pick(vars(trial_args))
     with mlflow_run(tracking, vars(trial_args), parent_run_id=parent_run_id,
                     tags={"ray_trial_id": trial_id}) as mlflow_run_id:

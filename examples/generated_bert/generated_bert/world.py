@@ -34,6 +34,22 @@ class World:
         return self.rank == 0
 
 
+def torchrun_store(timeout: timedelta) -> dist.Store | None:
+    """Under torchrun, the store the ranks meet in, with keys of their own per
+    restart (None elsewhere: the default env:// store serves). torchrun keeps one
+    store across --max-restarts, so a restarted rank would otherwise read the
+    address a dead rank of the previous attempt left there (pytorch#135712)."""
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    hosted_by_torchrun = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+        int(os.environ["WORLD_SIZE"]),
+        is_master=not hosted_by_torchrun and os.environ["RANK"] == "0",
+        timeout=timeout, multi_tenant=True)
+    return dist.PrefixStore(f"restart_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
+
+
 @contextmanager
 def joined_world(gpu: int | None):
     """The World of this process, on ``gpu`` (an index) or on the CPU (None)."""
@@ -56,10 +72,14 @@ def joined_world(gpu: int | None):
         # Reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE from the environment.
         # The timeout bounds how long ranks wait in a collective: long enough for
         # what rank 0 does alone meanwhile (tokenizing, writing checkpoints, uploads).
+        timeout = timedelta(minutes=30)
+        store = torchrun_store(timeout)
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
-            timeout=timedelta(minutes=30),
+            timeout=timeout,
             device_id=device if device.type == "cuda" else None,
+            **({"store": store, "rank": int(os.environ["RANK"]), "world_size": world_size}
+               if store else {}),
         )
     try:
         yield World(
@@ -85,12 +105,18 @@ def first_on_each_node(world: World):
         dist.barrier()
 
 
-def average_across_ranks(total: torch.Tensor, count: torch.Tensor, world: World) -> float:
-    """sum(total) / sum(count) over all ranks: a mean weighted by each rank's samples."""
-    both = torch.stack([total.detach().double(), count.detach().double()]).to(world.device)
+def sum_across_ranks(values: list[torch.Tensor], world: World) -> list[float]:
+    """Each of ``values`` (one-element tensors) summed over all ranks."""
+    both = torch.stack([value.detach().double().reshape(()) for value in values]).to(world.device)
     if world.is_ddp:
         dist.all_reduce(both)
-    return (both[0] / both[1]).item()
+    return both.tolist()
+
+
+def average_across_ranks(total: torch.Tensor, count: torch.Tensor, world: World) -> float:
+    """sum(total) / sum(count) over all ranks: a mean weighted by each rank's samples."""
+    total, count = sum_across_ranks([total, count], world)
+    return total / count
 
 
 def min_across_ranks(value: torch.Tensor, world: World) -> int:
@@ -99,6 +125,14 @@ def min_across_ranks(value: torch.Tensor, world: World) -> int:
     if world.is_ddp:
         dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return int(value.item())
+
+
+def max_across_ranks(value: int, world: World) -> int:
+    """The largest of every rank's ``value``."""
+    tensor = torch.tensor([value], dtype=torch.int64, device=world.device)
+    if world.is_ddp:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
 
 
 def broadcast_from_logger(tensors: dict[str, torch.Tensor], world: World) -> dict:
