@@ -1,6 +1,7 @@
 """Runs that schedulers take back: SIGTERM, step checkpoints, and torchrun restarts
 that resume by themselves (issue 19). Real processes with gloo on the CPU."""
 
+import re
 import shutil
 import signal
 import subprocess
@@ -103,7 +104,8 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_and_resume_finishe
     result = subprocess.run([*command, "--data_dir", str(data_dir), "--resume"], cwd=project,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert f"resuming epoch {saved['epoch']} after step {saved['step']}" in result.stdout
+    assert (f"resuming in epoch {saved['epoch'] + 1}/{epochs} after step {saved['step']} "
+            f"from {checkpoint}") in result.stdout
     assert_same_weights(final_weights(data_dir, epochs), final_weights(expected, epochs))
 
 
@@ -141,5 +143,6 @@ def test_torchrun_restarts_a_killed_worker_and_resume_auto_finishes_the_run(
     stdout, stderr = process.communicate(timeout=600)
 
     assert process.returncode == 0, stderr
-    assert "resuming epoch 0 after step " in stdout  # torchrun's second start, by itself
+    # torchrun's second start, by itself, from the last --save_every checkpoint.
+    assert re.search(r"resuming in epoch [12]/2 after step [1-9]\d*0 from", stdout), stdout
     assert_same_weights(final_weights(data_dir, epochs), final_weights(expected, epochs))

@@ -159,6 +159,7 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
     dtype = autocast_dtype(args.precision, world.device)
     autocast = partial(torch.autocast, world.device.type, dtype=dtype, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
+
     tracker = (RunLogger(args.tracking_uri, mlflow_run_id, args.endpoint_url)
                if world.is_logger and mlflow_run_id else None)
 
@@ -194,7 +195,8 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
               f"accumulated = {per_step} {task.noun} per step, {steps_per_epoch} steps per epoch, "
               f"on {world.device}, {dtype or torch.float32}")
         if first_step:
-            print(f"resuming epoch {first_epoch} after step {first_step} from {checkpoint_file}")
+            print(f"resuming in epoch {first_epoch + 1}/{args.epochs} after step {first_step} "
+                  f"from {checkpoint_file}")
         elif first_epoch:
             print(f"resuming after epoch {first_epoch - 1} from {checkpoint_file}")
 
