@@ -39,6 +39,7 @@ from .metrics import (
     best_epoch,
     epochs_since_best,
     print_metrics_table,
+    save_loss_curve,
     save_metrics_table,
 )
 from .stopping import Stopped, received, stopped_at
@@ -330,11 +331,14 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
                                                  args.output_dir, args.data_date)
         metrics_file = data_file(args.output_dir, "metrics", args.data_date, ".csv")
         save_metrics_table(metrics, best, test_metrics, metrics_file)
+        curve_file = save_loss_curve(
+            metrics, best, data_file(args.output_dir, "loss_curve", args.data_date, ".png"))
     if tracker:
         for name, value in test_metrics.items():
             tracker.log_metric(name, value, total_steps)
         tracker.flush()
         tracker.set_tag("best_epoch", best)
-        for path in [metrics_file, run_info_path(args.output_dir, args.data_date), *report_files]:
+        for path in [metrics_file, curve_file, run_info_path(args.output_dir, args.data_date),
+                     *report_files]:
             tracker.log_artifact(path)
     return metrics

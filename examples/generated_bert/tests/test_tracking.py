@@ -1,4 +1,6 @@
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,7 +40,13 @@ def test_a_tracked_run_ends_finished_with_losses_and_state_dicts(args):
     assert run.data.params["epochs"] == "2"
     assert len(client.get_metric_history(run.info.run_id, "valid_loss")) == 2
     artifacts = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
-    assert {f"state_dict_e0_{DATE}.pt", f"state_dict_e1_{DATE}.pt"} <= artifacts
+    assert {f"state_dict_e0_{DATE}.pt", f"state_dict_e1_{DATE}.pt",
+            f"loss_curve_{DATE}.png"} <= artifacts
+    # The README names only metrics that the run logs.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Tracking runs with MLflow")[1].split("\n## ")[0]
+    named = set(re.findall(r"`((?:train|valid|test)_\w+)`", section))
+    assert named and named <= set(run.data.metrics), named - set(run.data.metrics)
 
 
 def test_get_state_dict_brings_back_the_trained_weights(args, tmp_path):

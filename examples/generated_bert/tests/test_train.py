@@ -37,6 +37,10 @@ def test_training_learns_and_writes_the_report(setup, capsys):
     assert "accuracy" in out and "weighted avg" in out
     assert (data_dir / f"confusion_{DATE}.png").is_file()
     assert (data_dir / f"classification_report_{DATE}.txt").is_file()
+    from matplotlib.image import imread
+
+    curve = imread(data_dir / f"loss_curve_{DATE}.png")  # a real PNG of the documented size
+    assert curve.shape[:2] == (400, 600) and curve.std() > 0
     valid = [float(line.split(",")[2])
              for line in (data_dir / f"metrics_{DATE}.csv").read_text().splitlines()[1:]]
     assert valid[-1] < valid[0]

@@ -1,8 +1,11 @@
-"""Loss bookkeeping: a smoothed loss for the progress bar, the per-epoch table."""
+"""Loss bookkeeping: a smoothed loss for the progress bar, the per-epoch table and
+its curve."""
 
 import time
 from datetime import timedelta
 from pathlib import Path
+
+from .files import write_atomically
 
 
 class SmoothedLoss:
@@ -66,4 +69,26 @@ def save_metrics_table(rows: list[dict], best: int, test_metrics: dict, path: Pa
         table.loc[best, name] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path)
+    return path
+
+
+def save_loss_curve(rows: list[dict], best: int, path: Path) -> Path:
+    """train_loss and valid_loss per epoch as a 600 x 400 PNG, the best epoch marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in rows]
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    for name in ("train_loss", "valid_loss"):
+        axes.plot(epochs, [row[name] for row in rows], marker="o", label=name)
+    axes.axvline(best, color="grey", linestyle=":", label=f"best epoch ({best})")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("loss")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.legend()
+    figure.tight_layout()
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
+    plt.close(figure)
     return path
