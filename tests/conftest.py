@@ -103,6 +103,16 @@ def python(project: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return run(sys.executable, *args, cwd=project, **kwargs)
 
 
+def copy_prepared_data(project: Path, date: str, target: Path) -> Path:
+    """The project's prepared splits and id maps of ``date``, copied to ``target``:
+    a private data folder for a run that writes its own state dicts."""
+    target.mkdir(parents=True)
+    for path in (project / "data").glob(f"*_{date}.*"):
+        if path.name.split("_")[0] in ("train", "valid", "test", "id"):
+            shutil.copy(path, target)
+    return target
+
+
 @pytest.fixture(scope="session")
 def recommender(tmp_path_factory) -> Path:
     """A recommender project made by `quikgen new --defaults`; tests must not change it."""

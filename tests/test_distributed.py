@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from .conftest import python, quikgen
+from .conftest import copy_prepared_data, python, quikgen
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +34,7 @@ def project(tmp_path_factory):
 @pytest.fixture
 def data_dir(project, tmp_path):
     """A private copy of the prepared data: every run writes its own state dicts."""
-    target = tmp_path / "data"
-    target.mkdir()
-    for path in (project / "data").glob(f"*_{DATE}.*"):
-        if path.name.split("_")[0] in ("train", "valid", "test", "id"):
-            shutil.copy(path, target)
-    return target
+    return copy_prepared_data(project, DATE, tmp_path / "data")
 
 
 def train(project, data_dir, *args, launcher=(), **kwargs):

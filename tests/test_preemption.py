@@ -12,7 +12,7 @@ import psutil
 import pytest
 import torch
 
-from .conftest import python, quikgen
+from .conftest import copy_prepared_data, python, quikgen
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +31,7 @@ def project(tmp_path_factory):
 @pytest.fixture
 def data_dir(project, tmp_path):
     """A private copy of the prepared data: every run writes its own files."""
-    target = tmp_path / "data"
-    target.mkdir()
-    for path in (project / "data").glob(f"*_{DATE}.*"):
-        if path.name.split("_")[0] in ("train", "valid", "test", "id"):
-            shutil.copy(path, target)
-    return target
+    return copy_prepared_data(project, DATE, tmp_path / "data")
 
 
 def final_weights(data_dir, epochs):
