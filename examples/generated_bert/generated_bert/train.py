@@ -331,8 +331,8 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
                                                  args.output_dir, args.data_date)
         metrics_file = data_file(args.output_dir, "metrics", args.data_date, ".csv")
         save_metrics_table(metrics, best, test_metrics, metrics_file)
-        curve_file = save_loss_curve(
-            metrics, best, data_file(args.output_dir, "loss_curve", args.data_date, ".png"))
+        curve_file = data_file(args.output_dir, "loss_curve", args.data_date, ".png")
+        save_loss_curve(metrics, best, curve_file)
     if tracker:
         for name, value in test_metrics.items():
             tracker.log_metric(name, value, total_steps)
