@@ -7,9 +7,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from quikgen.cli import app
@@ -101,6 +103,22 @@ def edit(path: Path, old: str, new: str) -> None:
 
 def python(project: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return run(sys.executable, *args, cwd=project, **kwargs)
+
+
+def start_until_checkpoint(project: Path, checkpoint: Path, command: list[str], **popen_kwargs):
+    """Start a training command; return it and ``checkpoint`` once that has landed."""
+    process = subprocess.Popen(command, cwd=project, **popen_kwargs)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+    return process, checkpoint
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
 
 
 def copy_prepared_data(project: Path, date: str, target: Path) -> Path:

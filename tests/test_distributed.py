@@ -13,7 +13,13 @@ import time
 import pytest
 import torch
 
-from .conftest import copy_prepared_data, python, quikgen
+from .conftest import (
+    assert_same_weights,
+    copy_prepared_data,
+    python,
+    quikgen,
+    start_until_checkpoint,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -52,23 +58,6 @@ def weights(data_dir, epoch):
 def metrics(data_dir):
     lines = (data_dir / f"metrics_{DATE}.csv").read_text().splitlines()[1:]
     return [(int(line.split(",")[0]), float(line.split(",")[2])) for line in lines]
-
-
-def start_until_checkpoint(project, data_dir, command, **popen_kwargs):
-    """Start a training command; return it once epoch 0's checkpoint has landed."""
-    process = subprocess.Popen(command, cwd=project, **popen_kwargs)
-    checkpoint = data_dir / f"checkpoint_{DATE}.pt"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists():
-        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.02)
-    return process, checkpoint
-
-
-def assert_same_weights(a, b, atol=1e-5):
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
 
 
 def test_two_procs_and_torchrun_match_one_proc_with_double_batch(project, tmp_path):
@@ -114,7 +103,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(project, data
     train(project, uninterrupted, *args)
 
     command = [sys.executable, "main.py", "--data_dir", str(data_dir), "--gpus", "0", *args]
-    process, checkpoint = start_until_checkpoint(project, data_dir, command,
+    process, checkpoint = start_until_checkpoint(project, data_dir / f"checkpoint_{DATE}.pt", command,
                                                  stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL)
     os.kill(process.pid, signal.SIGKILL)  # during epoch 2: epoch 1's checkpoint just landed
@@ -234,8 +223,8 @@ def test_ctrl_c_keeps_the_checkpoint_and_exits_130(project, data_dir, procs):
                "--epochs", "50", "--bs", "16", "--procs", procs]
     # A new session, signalled as a whole: what Ctrl-C in a terminal does.
     process, checkpoint = start_until_checkpoint(
-        project, data_dir, command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, start_new_session=True)
+        project, data_dir / f"checkpoint_{DATE}.pt", command, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
@@ -248,7 +237,7 @@ def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one(project, d
     # A large embedding makes each checkpoint ~70 MB, so its write takes a while.
     args = ["--epochs", "4", "--embedding_dim", "20000"]
     command = [sys.executable, "main.py", "--data_dir", str(data_dir), "--gpus", "0", *args]
-    process, checkpoint = start_until_checkpoint(project, data_dir, command,
+    process, checkpoint = start_until_checkpoint(project, data_dir / f"checkpoint_{DATE}.pt", command,
                                                  stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL)
     # Kill as soon as epoch 1's checkpoint starts to be written.
@@ -277,7 +266,7 @@ def test_a_rank_killed_by_a_signal_ends_the_job_quickly(project, data_dir, launc
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nproc-per-node", "2", *args]
-    process, checkpoint = start_until_checkpoint(project, data_dir, command,
+    process, checkpoint = start_until_checkpoint(project, data_dir / f"checkpoint_{DATE}.pt", command,
                                                  stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.PIPE, text=True)
     # The ranks are the launcher's children that run Python (spawn also starts a

@@ -12,7 +12,13 @@ import psutil
 import pytest
 import torch
 
-from .conftest import copy_prepared_data, python, quikgen
+from .conftest import (
+    assert_same_weights,
+    copy_prepared_data,
+    python,
+    quikgen,
+    start_until_checkpoint,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +44,6 @@ def final_weights(data_dir, epochs):
     return torch.load(data_dir / f"state_dict_e{epochs - 1}_{DATE}.pt", weights_only=True)
 
 
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
-
-
 def uninterrupted(project, tmp_path, data_dir, command):
     """The final weights of ``command`` run to the end on a copy of ``data_dir``."""
     copy = tmp_path / "uninterrupted"
@@ -53,15 +53,11 @@ def uninterrupted(project, tmp_path, data_dir, command):
     return copy
 
 
-def start_until_checkpoint(project, data_dir, command):
-    """Start ``command``; return it once its first checkpoint has landed."""
-    process = subprocess.Popen([*command, "--data_dir", str(data_dir)], cwd=project,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    checkpoint = data_dir / f"checkpoint_{DATE}.pt"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists():
-        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.02)
+def started(project, data_dir, command):
+    """``command`` started on ``data_dir``, a moment after its first checkpoint landed."""
+    process, checkpoint = start_until_checkpoint(
+        project, data_dir / f"checkpoint_{DATE}.pt", [*command, "--data_dir", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.3)  # into the next epoch's steps
     return process, checkpoint
 
@@ -79,7 +75,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_and_resume_finishe
                "--bs", "8", "--save_every", "0"]
     expected = uninterrupted(project, tmp_path, data_dir, command)
 
-    process, checkpoint = start_until_checkpoint(project, data_dir, command)
+    process, checkpoint = started(project, data_dir, command)
     ranks = training_processes(psutil.Process(process.pid))
     assert len(ranks) == 2
     # Epoch 0's checkpoint has just landed: a later epoch is under way.
@@ -101,7 +97,8 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_and_resume_finishe
     assert result.returncode == 0, result.stderr
     assert (f"resuming in epoch {saved['epoch'] + 1}/{epochs} after step {saved['step']} "
             f"from {checkpoint}") in result.stdout
-    assert_same_weights(final_weights(data_dir, epochs), final_weights(expected, epochs))
+    assert_same_weights(final_weights(data_dir, epochs), final_weights(expected, epochs),
+                        atol=1e-6)
 
 
 def test_a_single_process_stops_on_ctrl_c_with_exit_130_and_resumes(project, data_dir, tmp_path):
@@ -110,7 +107,7 @@ def test_a_single_process_stops_on_ctrl_c_with_exit_130_and_resumes(project, dat
                "--save_every", "0"]
     expected = uninterrupted(project, tmp_path, data_dir, command)
 
-    process, checkpoint = start_until_checkpoint(project, data_dir, command)
+    process, checkpoint = started(project, data_dir, command)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
@@ -120,7 +117,8 @@ def test_a_single_process_stops_on_ctrl_c_with_exit_130_and_resumes(project, dat
     assert "Traceback" not in stderr
 
     python(project, *command[1:], "--data_dir", str(data_dir), "--resume")
-    assert_same_weights(final_weights(data_dir, epochs), final_weights(expected, epochs))
+    assert_same_weights(final_weights(data_dir, epochs), final_weights(expected, epochs),
+                        atol=1e-6)
 
 
 def test_torchrun_restarts_a_killed_worker_and_resume_auto_finishes_the_run(
@@ -131,7 +129,7 @@ def test_torchrun_restarts_a_killed_worker_and_resume_auto_finishes_the_run(
                "--epochs", str(epochs), "--bs", "8", "--resume", "auto", "--save_every", "20"]
     expected = uninterrupted(project, tmp_path, data_dir, command)
 
-    process, checkpoint = start_until_checkpoint(project, data_dir, command)
+    process, checkpoint = started(project, data_dir, command)
     workers = training_processes(psutil.Process(process.pid))
     assert len(workers) == 2
     max(workers, key=lambda worker: worker.pid).kill()  # SIGKILL: no handler, no checkpoint
@@ -140,4 +138,5 @@ def test_torchrun_restarts_a_killed_worker_and_resume_auto_finishes_the_run(
     assert process.returncode == 0, stderr
     # torchrun's second start, by itself, from the last --save_every checkpoint.
     assert re.search(r"resuming in epoch [12]/2 after step [1-9]\d*0 from", stdout), stdout
-    assert_same_weights(final_weights(data_dir, epochs), final_weights(expected, epochs))
+    assert_same_weights(final_weights(data_dir, epochs), final_weights(expected, epochs),
+                        atol=1e-6)

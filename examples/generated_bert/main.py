@@ -12,7 +12,7 @@ import sys
 from functools import partial
 
 from generated_bert.args import UsageError
-from generated_bert.checkpoints import checkpoint_path, load_checkpoint
+from generated_bert.checkpoints import checkpoint_path, load_checkpoint, resumes
 from generated_bert.cli import build_parser, parse_args
 from generated_bert.launch import launch
 from generated_bert.stopping import Stopped
@@ -38,7 +38,7 @@ def main(argv=None) -> None:
 def run(args) -> None:
     # A checkpoint to resume from is checked here, with one line, not in every process.
     checkpoint = checkpoint_path(args.output_dir, args.data_date)
-    if args.resume == "always" or (args.resume == "auto" and checkpoint.is_file()):
+    if resumes(args.resume, checkpoint):
         load_checkpoint(checkpoint, "cpu", args.epochs)
     # Checked before Ray starts, so a typo costs seconds, not a cluster start.
     space = load_search_space(args.tune_config, build_parser()) if args.use_ray_tune else None

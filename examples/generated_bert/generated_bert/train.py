@@ -25,6 +25,7 @@ from .checkpoints import (
     checkpoint_path,
     load_checkpoint,
     load_state_dict,
+    resumes,
     run_info_path,
     save_checkpoint,
     save_run_info,
@@ -168,7 +169,7 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
     # Where training starts: epoch first_epoch after first_step of its optimizer steps,
     # with epoch_loss (sum of losses x rows, rows) of those steps over all ranks.
     metrics, first_epoch, first_step, epoch_loss = [], 0, 0, (0.0, 0.0)
-    if args.resume == "always" or (args.resume == "auto" and checkpoint_file.is_file()):
+    if resumes(args.resume, checkpoint_file):
         checkpoint = load_checkpoint(checkpoint_file, world.device, args.epochs, steps_per_epoch)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])

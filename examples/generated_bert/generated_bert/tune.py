@@ -202,21 +202,27 @@ def search_trial(args, train_fn, parent_run_id: str | None, config: dict, trial_
     flags', writing into its own folder, tracked as a child of the search's run.
     With --workers_per_trial > 1 it runs as a Ray Train DDP job of that many
     processes, each taking ``worker_resources``."""
-    import torch
-
     # A trial that Ray restarts (tune.FailureConfig) continues from its own checkpoint.
     trial_args = argparse.Namespace(**{**vars(args), **config, "output_dir": output_dir,
                                        "resume": "auto"})
+    storage_path = output_dir.parent.parent / "train"
     tracking = TrackingSettings.pick(vars(trial_args))
     with mlflow_run(tracking, vars(trial_args), parent_run_id=parent_run_id,
                     tags={"ray_trial_id": trial_id}) as mlflow_run_id:
-        job = partial(train_fn, trial_args, mlflow_run_id=mlflow_run_id)
-        if args.workers_per_trial == 1:
-            with joined_world(0 if torch.cuda.is_available() else None) as world:
-                job(world)
-        else:
-            run_ray_train_job(job, args.workers_per_trial, worker_resources, trial_id,
-                              output_dir.parent.parent / "train")
+        run_trial_job(partial(train_fn, trial_args, mlflow_run_id=mlflow_run_id),
+                      args.workers_per_trial, worker_resources, trial_id, storage_path)
+
+
+def run_trial_job(job, workers: int, worker_resources: dict, name: str,
+                  storage_path: Path) -> None:
+    """job(world) in this process, or with ``workers`` > 1 as a Ray Train DDP job."""
+    import torch
+
+    if workers == 1:
+        with joined_world(0 if torch.cuda.is_available() else None) as world:
+            job(world)
+    else:
+        run_ray_train_job(job, workers, worker_resources, name, storage_path)
 
 
 def run_ray_train_job(job, workers: int, worker_resources: dict, name: str,

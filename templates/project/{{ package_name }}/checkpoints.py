@@ -97,6 +97,12 @@ def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: i
     }, path)
 
 
+def resumes(resume: str | None, path: Path) -> bool:
+    """Whether --resume continues from the checkpoint at ``path``: always, or
+    (--resume auto) when there is one."""
+    return resume == "always" or (resume == "auto" and path.is_file())
+
+
 def load_checkpoint(path: Path, device: torch.device | str, epochs: int,
                     steps_per_epoch: int | None = None) -> dict:
     """The checkpoint at ``path``, checked to belong to an ``epochs``-epoch run with

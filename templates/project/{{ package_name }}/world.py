@@ -119,19 +119,20 @@ def average_across_ranks(total: torch.Tensor, count: torch.Tensor, world: World)
     return total / count
 
 
-def min_across_ranks(value: torch.Tensor, world: World) -> int:
-    """The smallest of every rank's ``value`` (a one-element tensor)."""
-    value = value.detach().reshape(1).to(world.device, torch.int64)
-    if world.is_ddp:
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return int(value.item())
+def min_across_ranks(value: torch.Tensor | int, world: World) -> int:
+    """The smallest of every rank's ``value`` (an int or a one-element tensor)."""
+    return _reduced_int(value, world, dist.ReduceOp.MIN)
 
 
-def max_across_ranks(value: int, world: World) -> int:
-    """The largest of every rank's ``value``."""
-    tensor = torch.tensor([value], dtype=torch.int64, device=world.device)
+def max_across_ranks(value: torch.Tensor | int, world: World) -> int:
+    """The largest of every rank's ``value`` (an int or a one-element tensor)."""
+    return _reduced_int(value, world, dist.ReduceOp.MAX)
+
+
+def _reduced_int(value: torch.Tensor | int, world: World, op) -> int:
+    tensor = torch.as_tensor(value).detach().reshape(1).to(world.device, torch.int64)
     if world.is_ddp:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        dist.all_reduce(tensor, op=op)
     return int(tensor.item())
 
 
