@@ -166,9 +166,10 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
                if world.is_logger and mlflow_run_id else None)
 
     checkpoint_file = checkpoint_path(args.output_dir, args.data_date)
-    # Where training starts: epoch first_epoch after first_step of its optimizer steps,
-    # with epoch_loss (sum of losses x rows, rows) of those steps over all ranks.
-    metrics, first_epoch, first_step, epoch_loss = [], 0, 0, (0.0, 0.0)
+    # Where training starts: epoch first_epoch after first_step of its optimizer steps.
+    # Rank 0 carries the losses of those steps, summed over all ranks when they were
+    # saved, as resumed_loss (sum of losses x rows, rows).
+    metrics, first_epoch, first_step, resumed_loss = [], 0, 0, (0.0, 0.0)
     if resumes(args.resume, checkpoint_file):
         checkpoint = load_checkpoint(checkpoint_file, world.device, args.epochs, steps_per_epoch)
         model.load_state_dict(checkpoint["model"])
@@ -179,7 +180,9 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
         if checkpoint["step"] == steps_per_epoch:  # saved after the whole epoch
             first_epoch += 1
         else:
-            first_step, epoch_loss = checkpoint["step"], checkpoint["epoch_loss"]
+            first_step = checkpoint["step"]
+            if world.is_logger:
+                resumed_loss = checkpoint["epoch_loss"]
     elif world.is_logger:
         save_state_dict(model, args.output_dir, "orig", args.data_date)
     if world.is_logger:
@@ -217,12 +220,10 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
         micro_batches = task.batches(task.train_set, shard(order, world, pad=True), args.bs,
                                      shuffle_seed=args.seed + epoch)
         steps = groups_of(micro_batches, args.accumulate)
-        # A run resumed mid-epoch skips the steps it had taken; rank 0 carries their
-        # losses (summed over all ranks when they were saved).
+        # A run resumed mid-epoch skips the steps it had taken, and counts their losses.
         start = first_step if epoch == first_epoch else 0
-        resumed_loss = epoch_loss if start and world.is_logger else (0.0, 0.0)
-        loss_sum = torch.tensor(resumed_loss[0], device=world.device)
-        rows_seen = torch.tensor(resumed_loss[1], device=world.device)
+        loss_sum, rows_seen = (torch.tensor(value if start else 0.0, device=world.device)
+                               for value in resumed_loss)
         smoothed = SmoothedLoss()
         step_losses = []  # on the device until read, every --log_every steps
         bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch: {epoch + 1}/{args.epochs}",
@@ -274,13 +275,13 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
                 stop_signal = max_across_ranks(received(), world)
                 if done < steps_per_epoch and (save_now or stop_signal):
                     # A mid-epoch checkpoint: the weights after this step, and its place.
-                    epoch_loss = sum_across_ranks([loss_sum, rows_seen], world)
+                    loss_so_far = sum_across_ranks([loss_sum, rows_seen], world)
                     if world.is_logger:
                         save_checkpoint(checkpoint_file, model=model, optimizer=optimizer,
                                         scheduler=scheduler, scaler=scaler, epoch=epoch,
                                         step=done, epochs=args.epochs,
                                         steps_per_epoch=steps_per_epoch, metrics=metrics,
-                                        epoch_loss=epoch_loss)
+                                        epoch_loss=loss_so_far)
                     if stop_signal:
                         bar.close()
                         where = f"in epoch {epoch + 1}/{args.epochs} after step {done}"
