@@ -17,8 +17,10 @@ from quikgen.source import publish, source_dir
 
 from .conftest import IDENTITY, REPO, commit_all, git, python, quikgen, run
 
-# The last release before copier.yml moved to the repository's root.
+# The last release before copier.yml moved to the repository's root, and its commit in
+# main's history: a clone does not always carry the tag (CI's does not), the commit it does.
 PREVIOUS = "v0.1.0"
+PREVIOUS_COMMIT = "7660999f43f9a8eaff8196fafd1c12bafdfcb2be"
 USER_LINE = "# our team's note\n"
 
 
@@ -36,12 +38,12 @@ def commit_and_tag(repo: Path, tag: str) -> Path:
 
 def previous_release(dest: Path) -> Path:
     """The repository's files at PREVIOUS, unpacked into ``dest``."""
-    if not git(REPO, "tag", "--list", PREVIOUS).strip():
-        pytest.fail(f"the repository has no tag {PREVIOUS}, the release before copier.yml moved to "
-                    f"its root; tag it (git tag {PREVIOUS} 7660999, or git fetch --tags)")
+    if run("git", "cat-file", "-e", f"{PREVIOUS_COMMIT}^{{commit}}", cwd=REPO, check=False).returncode:
+        pytest.fail(f"the repository lacks {PREVIOUS}'s commit {PREVIOUS_COMMIT[:7]} (a shallow "
+                    f"clone?); run git fetch --unshallow")
     dest.mkdir(parents=True)
     archive = dest.with_suffix(".tar")
-    git(REPO, "archive", "--format=tar", "-o", str(archive), PREVIOUS)
+    git(REPO, "archive", "--format=tar", "-o", str(archive), PREVIOUS_COMMIT)
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data") if sys.version_info >= (3, 12) else tar.extractall(dest)
     archive.unlink()
