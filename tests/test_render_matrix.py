@@ -52,6 +52,8 @@ FEATURE_TRACES = {
 }
 
 JINJA_LEFTOVER = re.compile(r"\{\{|\{%|\{#|%\}|#\}")
+# GitHub Actions' own expressions, which the CI workflow must keep: ${{ github.ref }}.
+ACTIONS_EXPRESSION = re.compile(r"\$\{\{ [\w.]+ \}\}")
 
 
 def render(tmp_path, answers):
@@ -68,7 +70,7 @@ def test_valid_answers_render_lint_clean_compiling_code(tmp_path, answers, runs_
     for path in files:
         assert not path.name.endswith(".jinja"), path
         text = path.read_text()
-        leftover = JINJA_LEFTOVER.search(text.replace(USER_JINJA, ""))
+        leftover = JINJA_LEFTOVER.search(ACTIONS_EXPRESSION.sub("", text.replace(USER_JINJA, "")))
         assert leftover is None, f"{path}: leftover template syntax {leftover.group()!r}"
     for feature, trace in FEATURE_TRACES.items():
         if not answers.get(feature):
@@ -80,6 +82,7 @@ def test_valid_answers_render_lint_clean_compiling_code(tmp_path, answers, runs_
         assert answers["description"] in (project / "README.md").read_text()
     assert compileall.compile_dir(project, quiet=1)
     run("ruff", "check", "--no-cache", ".", cwd=project)
+    run("ruff", "format", "--check", "--no-cache", ".", cwd=project)
     python(project, "main.py", "--help")
     if runs_tests:
         python(project, "-m", "pytest", "-q", "-p", "no:cacheprovider", env={"HF_HUB_OFFLINE": "1"})

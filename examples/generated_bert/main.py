@@ -1,11 +1,11 @@
 """Train the generated-bert model; `python main.py --help` lists every flag.
 
-    python -m generated_bert.data --synthetic   # once: prepare data/
-    python main.py --epochs 3                # one process; a GPU if one is visible
-    python main.py --gpus 4                  # one process per GPU
-    python main.py --procs 2                 # two CPU processes (DDP with gloo)
-    torchrun --nproc-per-node 4 main.py
-    python main.py --use_ray_tune --num_samples 8   # search tune.yaml's space
+python -m generated_bert.data --synthetic   # once: prepare data/
+python main.py --epochs 3                # one process; a GPU if one is visible
+python main.py --gpus 4                  # one process per GPU
+python main.py --procs 2                 # two CPU processes (DDP with gloo)
+torchrun --nproc-per-node 4 main.py
+python main.py --use_ray_tune --num_samples 8   # search tune.yaml's space
 """
 
 import sys
@@ -47,12 +47,23 @@ def run(args) -> None:
     tracking = TrackingSettings.pick(vars(args))
     with mlflow_run(tracking, vars(args), node_rank=args.nr) as mlflow_run_id:
         if args.use_ray_tune:
-            run_search(partial(search_trial, args, train, mlflow_run_id), space,
-                       SearchSettings.pick(vars(args)), tracking, mlflow_run_id)
+            run_search(
+                partial(search_trial, args, train, mlflow_run_id),
+                space,
+                SearchSettings.pick(vars(args)),
+                tracking,
+                mlflow_run_id,
+            )
             return
-        launch(partial(train, args, mlflow_run_id=mlflow_run_id), gpus=args.gpus,
-               procs=args.procs, nodes=args.nodes, nr=args.nr, master_addr=args.master_addr,
-               master_port=args.master_port)
+        launch(
+            partial(train, args, mlflow_run_id=mlflow_run_id),
+            gpus=args.gpus,
+            procs=args.procs,
+            nodes=args.nodes,
+            nr=args.nr,
+            master_addr=args.master_addr,
+            master_port=args.master_port,
+        )
 
 
 if __name__ == "__main__":

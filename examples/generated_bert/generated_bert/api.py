@@ -39,9 +39,16 @@ class BatchInferenceError(RuntimeError):
 
 
 def session_with_retries(retries: int, workers: int) -> requests.Session:
-    retry = Retry(total=retries, connect=retries, read=retries, status=retries,
-                  backoff_factor=0.5, status_forcelist=(500, 503, 507),
-                  allowed_methods=frozenset({"POST"}), raise_on_status=False)
+    retry = Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        backoff_factor=0.5,
+        status_forcelist=(500, 503, 507),
+        allowed_methods=frozenset({"POST"}),
+        raise_on_status=False,
+    )
     session = requests.Session()
     adapter = HTTPAdapter(max_retries=retry, pool_maxsize=workers)
     session.mount("http://", adapter)
@@ -62,7 +69,8 @@ def inference_token(key_file: Path | None = KEY_FILE) -> str | None:
 def token_refused(response: requests.Response) -> bool:
     # TorchServe answers a missing, wrong or expired token with 400 InvalidKeyException.
     return response.status_code == 401 or (
-        response.status_code == 400 and "InvalidKeyException" in response.text)
+        response.status_code == 400 and "InvalidKeyException" in response.text
+    )
 
 
 def ranges(indices: list[int]) -> str:
@@ -77,9 +85,16 @@ def ranges(indices: list[int]) -> str:
     return ", ".join(spans)
 
 
-def batch_inference(records: list, index_labels: list[str] | None = None, batch_size: int = 50,
-                    url: str = DEFAULT_URL, workers: int = 4, retries: int = 5,
-                    key_file: Path | None = KEY_FILE, timeout: float = 60) -> pd.DataFrame:
+def batch_inference(
+    records: list,
+    index_labels: list[str] | None = None,
+    batch_size: int = 50,
+    url: str = DEFAULT_URL,
+    workers: int = 4,
+    retries: int = 5,
+    key_file: Path | None = KEY_FILE,
+    timeout: float = 60,
+) -> pd.DataFrame:
     """Score ``records`` (texts) in batches: a row per record, in order.
     ``index_labels`` orders the probability and logit columns (default: as served).
     ``key_file`` is the key_file.json of a TorchServe started with token authorization
@@ -95,19 +110,25 @@ def batch_inference(records: list, index_labels: list[str] | None = None, batch_
             if not token_refused(response) or key_file is None or attempt == retries:
                 return response
             # A restarted TorchServe writes new tokens a moment after it starts listening.
-            time.sleep(0.5 * 2 ** attempt)
+            time.sleep(0.5 * 2**attempt)
 
     def score(start: int):
         try:
-            response = post(records[start:start + batch_size])
+            response = post(records[start : start + batch_size])
             if token_refused(response):
-                return None, f"{url} refused the token in {key_file}; pass the key_file.json " \
-                    "of the server you query (--key_file)"
+                return (
+                    None,
+                    f"{url} refused the token in {key_file}; pass the key_file.json "
+                    "of the server you query (--key_file)",
+                )
             response.raise_for_status()
             return response.json(), None
         except requests.ConnectionError:
-            return None, f"cannot reach {url}; start the server (python -m {__package__}.serve " \
-                "start) or pass --url"
+            return (
+                None,
+                f"cannot reach {url}; start the server (python -m {__package__}.serve "
+                "start) or pass --url",
+            )
         except (requests.RequestException, ValueError) as error:
             return None, error
 
@@ -116,7 +137,7 @@ def batch_inference(records: list, index_labels: list[str] | None = None, batch_
 
     rows, failed, reasons = [], [], []
     for start, (predictions, error) in zip(starts, answers, strict=True):
-        batch = records[start:start + batch_size]
+        batch = records[start : start + batch_size]
         if error is not None or len(predictions) != len(batch):
             failed.extend(range(start, start + len(batch)))
             reasons.append(str(error or f"{len(predictions)} answers for {len(batch)} records"))
@@ -125,35 +146,63 @@ def batch_inference(records: list, index_labels: list[str] | None = None, batch_
             labels = index_labels or list(prediction["probabilities"])
             row = {"index": start + offset, "text": record, "label": prediction["label"]}
             row.update({f"prob_{name}": prediction["probabilities"][name] for name in labels})
-            row.update({f"logit_{name}": logit for name, logit in zip(
-                list(prediction["probabilities"]), prediction["logits"], strict=True)})
+            row.update(
+                {
+                    f"logit_{name}": logit
+                    for name, logit in zip(
+                        list(prediction["probabilities"]), prediction["logits"], strict=True
+                    )
+                }
+            )
             rows.append(row)
     scored = pd.DataFrame(rows).set_index("index") if rows else pd.DataFrame()
     if failed:
         raise BatchInferenceError(
             f"{len(failed)} of {len(records)} records were not scored (records {ranges(failed)}): "
-            f"{reasons[0][:200]}", scored, failed)
+            f"{reasons[0][:200]}",
+            scored,
+            failed,
+        )
     return scored
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.api",
-                                     description="Score a file of records with the served model.")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__package__}.api",
+        description="Score a file of records with the served model.",
+    )
     parser.add_argument("file", type=Path, help="CSV with a text column")
     parser.add_argument("--out", type=Path, required=True, help="CSV to write the predictions to")
     parser.add_argument("--url", default=DEFAULT_URL, help="prediction URL (default: %(default)s)")
-    parser.add_argument("--batch_size", type=positive_int, default=50,
-                        help="records per request (default: %(default)s)")
-    parser.add_argument("--workers", type=positive_int, default=4,
-                        help="requests in flight at once (default: %(default)s)")
-    parser.add_argument("--retries", type=non_negative_int, default=5,
-                        help="retries of a failed request, with backoff (default: %(default)s)")
-    parser.add_argument("--key_file", type=Path, default=KEY_FILE,
-                        help="TorchServe's key_file.json, for the token (default: %(default)s)")
+    parser.add_argument(
+        "--batch_size",
+        type=positive_int,
+        default=50,
+        help="records per request (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=4,
+        help="requests in flight at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=non_negative_int,
+        default=5,
+        help="retries of a failed request, with backoff (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--key_file",
+        type=Path,
+        default=KEY_FILE,
+        help="TorchServe's key_file.json, for the token (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if not args.out.parent.is_dir():  # found out now, not after scoring every record
-        sys.exit(f"error: --out {args.out}: no folder {args.out.parent}; create it or pass "
-                 "another --out")
+        sys.exit(
+            f"error: --out {args.out}: no folder {args.out.parent}; create it or pass another --out"
+        )
     try:
         frame = pd.read_csv(args.file)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
@@ -162,9 +211,14 @@ def main(argv=None):
         sys.exit(f"error: {args.file} has no text column; name the column of texts 'text'")
     records = frame["text"].astype(str).tolist()
     try:
-        scored = batch_inference(records, batch_size=args.batch_size, url=args.url,
-                                 workers=args.workers, retries=args.retries,
-                                 key_file=args.key_file)
+        scored = batch_inference(
+            records,
+            batch_size=args.batch_size,
+            url=args.url,
+            workers=args.workers,
+            retries=args.retries,
+            key_file=args.key_file,
+        )
     except BatchInferenceError as error:
         error.scored.to_csv(args.out)
         sys.exit(f"error: {error}; the {len(error.scored)} scored records are in {args.out}")

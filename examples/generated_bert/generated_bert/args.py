@@ -42,6 +42,7 @@ class FlagValues:
 def checked(convert, accept, requirement: str):
     """An argparse type: convert(text), refused unless accept(value), so that a bad
     value is named with what it must be rather than as "invalid int value"."""
+
     def parse(text: str):
         try:
             value = convert(text)
@@ -50,6 +51,7 @@ def checked(convert, accept, requirement: str):
         if value is None or not accept(value):  # nan fails every comparison
             raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
         return value
+
     return parse
 
 
@@ -99,36 +101,54 @@ def add_ddp_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
     """Where and how many processes train: GPUs, CPU processes, nodes."""
     group = parser.add_argument_group("distributed")
     group.add_argument(
-        "-g", "--gpus", type=non_negative_int, default=None,
+        "-g",
+        "--gpus",
+        type=non_negative_int,
+        default=None,
         help="GPUs per node; N > 1 starts one process per GPU with NCCL, 0 trains on the CPU. "
         "Falls back to the CPU with a warning when no GPU is visible "
         "(default: one GPU if one is visible, else the CPU)",
     )
     group.add_argument(
-        "--procs", type=positive_int, default=1,
+        "--procs",
+        type=positive_int,
+        default=1,
         help="CPU processes per node when no GPU is used; N > 1 runs DDP with gloo "
         "(default: %(default)s)",
     )
     group.add_argument(
-        "-n", "--nodes", type=positive_int, default=1,
+        "-n",
+        "--nodes",
+        type=positive_int,
+        default=1,
         help="number of machines taking part in the job (default: %(default)s)",
     )
     group.add_argument(
-        "-nr", "--nr", type=non_negative_int, default=0,
+        "-nr",
+        "--nr",
+        type=non_negative_int,
+        default=0,
         help="rank of this machine among --nodes, 0 is the master (default: %(default)s)",
     )
     group.add_argument(
-        "--master_addr", default=None,
+        "--master_addr",
+        default=None,
         help="address of node 0, reachable from every node; required on the other nodes "
         "(default: 127.0.0.1, this machine)",
     )
     group.add_argument(
-        "--master_port", type=port, default=None,
+        "--master_port",
+        type=port,
+        default=None,
         help="port on node 0 for the rendezvous; required with --nodes > 1, "
         "a free port is picked for single-node jobs",
     )
     group.add_argument(
-        "--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
+        "--local-rank",
+        "--local_rank",
+        dest="local_rank",
+        type=int,
+        default=None,
         help="accepted for launchers that pass it (torch.distributed.launch); the ranks are "
         "read from the environment that torchrun sets",
     )
@@ -139,96 +159,146 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
     """What and how to train: epochs, batch size, optimizer, precision, files."""
     group = parser.add_argument_group("learning")
     group.add_argument(
-        "-e", "--epochs", type=positive_int, default=5,
+        "-e",
+        "--epochs",
+        type=positive_int,
+        default=5,
         help="passes over the training data (default: %(default)s)",
     )
     group.add_argument(
-        "-bs", "--bs", type=positive_int, default=1024,
+        "-bs",
+        "--bs",
+        type=positive_int,
+        default=1024,
         help="batch size per process; the global batch is bs x processes x accumulate "
         "(default: %(default)s)",
     )
     group.add_argument(
-        "-lr", "--learning_rate", "--lr", dest="lr", type=positive_float, default=1e-3,
+        "-lr",
+        "--learning_rate",
+        "--lr",
+        dest="lr",
+        type=positive_float,
+        default=1e-3,
         help="peak learning rate (default: %(default)s)",
     )
     group.add_argument(
-        "--warmup_ratio", type=unit_interval, default=0.0,
+        "--warmup_ratio",
+        type=unit_interval,
+        default=0.0,
         help="share of the steps over which the learning rate rises linearly from 0 to --lr; "
         "it then falls linearly to 0 at the last step (default: %(default)s)",
     )
     group.add_argument(
-        "-wd", "--weight_decay", type=non_negative_float, default=0.0,
+        "-wd",
+        "--weight_decay",
+        type=non_negative_float,
+        default=0.0,
         help="decoupled weight decay of AdamW, on weight matrices only: not on biases, norm "
         "weights or embedding tables (default: %(default)s)",
     )
     group.add_argument(
-        "--betas", type=betas_type, default=(0.9, 0.999),
+        "--betas",
+        type=betas_type,
+        default=(0.9, 0.999),
         help="Adam betas as two comma-separated numbers (default: 0.9,0.999)",
     )
     group.add_argument(
-        "-eps", "--eps", type=positive_float, default=1e-8,
+        "-eps",
+        "--eps",
+        type=positive_float,
+        default=1e-8,
         help="Adam epsilon, added to the denominator for stability (default: %(default)s)",
     )
     group.add_argument(
-        "--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
+        "--precision",
+        choices=["fp32", "bf16", "fp16", "auto"],
+        default="fp32",
         help="fp32, or mixed precision: bf16 (autocast), fp16 (autocast and a gradient "
         "scaler), auto (bf16 where the device runs it natively, else fp16) "
         "(default: %(default)s)",
     )
     group.add_argument(
-        "-amp", "--mixed_precision", dest="precision", action="store_const", const="auto",
+        "-amp",
+        "--mixed_precision",
+        dest="precision",
+        action="store_const",
+        const="auto",
         help="the same as --precision auto (pytorch-quik's flag)",
     )
     group.add_argument(
-        "--clip_grad", type=positive_float, default=None,
+        "--clip_grad",
+        type=positive_float,
+        default=None,
         help="clip the gradient norm to this value before each step (default: no clipping)",
     )
     group.add_argument(
-        "--patience", type=positive_int, default=None,
+        "--patience",
+        type=positive_int,
+        default=None,
         help="stop when valid_loss has not improved for this many epochs; either way the "
         "test metrics are taken with the best epoch's weights (default: train every epoch)",
     )
     group.add_argument(
-        "--accumulate", type=positive_int, default=1,
+        "--accumulate",
+        type=positive_int,
+        default=1,
         help="micro-batches whose gradients add up to one optimizer step (default: %(default)s)",
     )
     group.add_argument(
-        "--log_every", type=positive_int, default=10,
+        "--log_every",
+        type=positive_int,
+        default=10,
         help="read the training loss from the device every this many steps, for the "
         "progress bar, the logs and the check that it is finite: reading it makes the CPU "
         "wait for the GPU (default: %(default)s)",
     )
     group.add_argument(
-        "--resume", nargs="?", const="always", choices=["always", "auto"], default=None,
+        "--resume",
+        nargs="?",
+        const="always",
+        choices=["always", "auto"],
+        default=None,
         help="continue from the checkpoint in --output_dir (data/checkpoint_{date}.pt, "
         "written after every epoch, every --save_every steps and on SIGTERM or Ctrl-C); "
         "--resume auto starts afresh when there is none, as torchrun --max-restarts "
         "and re-queued jobs need",
     )
     group.add_argument(
-        "--save_every", type=non_negative_int, default=500,
+        "--save_every",
+        type=non_negative_int,
+        default=500,
         help="also write the checkpoint every this many optimizer steps, mid-epoch, so "
         "a killed run loses at most that many; 0: only after each epoch "
         "(default: %(default)s)",
     )
     group.add_argument(
-        "--seed", type=int, default=42,
+        "--seed",
+        type=int,
+        default=42,
         help="seed for weight initialisation and the per-epoch shuffles (default: %(default)s)",
     )
     group.add_argument(
-        "--data_dir", type=Path, default=PROJECT_DIR / "data",
+        "--data_dir",
+        type=Path,
+        default=PROJECT_DIR / "data",
         help="folder of the data tensors, state dicts and metrics (default: the project's data/)",
     )
     group.add_argument(
-        "--data_date", type=date_type, default=None,
+        "--data_date",
+        type=date_type,
+        default=None,
         help="YYYYMMDD date of the data set to train on (default: the newest in --data_dir)",
     )
     group.add_argument(
-        "--output_dir", type=Path, default=None,
+        "--output_dir",
+        type=Path,
+        default=None,
         help="folder for state dicts, checkpoints and metrics (default: --data_dir)",
     )
     group.add_argument(
-        "--find_unused_parameters", action="store_true",
+        "--find_unused_parameters",
+        action="store_true",
         help="let DDP tolerate parameters that get no gradient in a step",
     )
     return apply_defaults(parser, defaults)

@@ -25,15 +25,16 @@ def shard(order: torch.Tensor, world: World, pad: bool) -> torch.Tensor:
     if pad and len(order) % world.world_size:
         padded = math.ceil(len(order) / world.world_size) * world.world_size
         order = order.repeat(math.ceil(padded / len(order)))[:padded]
-    return order[world.rank::world.world_size]
+    return order[world.rank :: world.world_size]
 
 
-def index_batches(tensors: dict[str, torch.Tensor], indices: torch.Tensor,
-                  batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+def index_batches(
+    tensors: dict[str, torch.Tensor], indices: torch.Tensor, batch_size: int
+) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of rows ``indices`` of equal-length ``tensors``, in that order."""
     indices = indices.to(next(iter(tensors.values())).device)
     for start in range(0, len(indices), batch_size):
-        rows = indices[start:start + batch_size]
+        rows = indices[start : start + batch_size]
         yield {key: tensor[rows] for key, tensor in tensors.items()}
 
 

@@ -57,15 +57,18 @@ def save_run_info(data_dir: Path, data_date: str, info: dict) -> Path:
     """Write what a later step needs to rebuild the trained model, e.g.
     {"best_epoch": 2, "bert_type": ..., "max_length": 128, "label_names": [...]}."""
     text = json.dumps(info, indent=2) + "\n"
-    return write_atomically(run_info_path(data_dir, data_date),
-                            lambda tmp: Path(tmp).write_text(text))
+    return write_atomically(
+        run_info_path(data_dir, data_date), lambda tmp: Path(tmp).write_text(text)
+    )
 
 
 def load_run_info(data_dir: Path, data_date: str) -> dict:
     path = run_info_path(data_dir, data_date)
     if not path.is_file():
-        raise UsageError(f"no {path.name} in {data_dir}: nothing was trained on the data of "
-                         f"{data_date} there; train first, or pass its --data_date")
+        raise UsageError(
+            f"no {path.name} in {data_dir}: nothing was trained on the data of "
+            f"{data_date} there; train first, or pass its --data_date"
+        )
     return json.loads(path.read_text())
 
 
@@ -73,9 +76,20 @@ def checkpoint_path(data_dir: Path, data_date: str) -> Path:
     return data_file(data_dir, "checkpoint", data_date)
 
 
-def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: int, step: int,
-                    epochs: int, steps_per_epoch: int, metrics: list[dict],
-                    epoch_loss: tuple[float, float] = (0.0, 0.0)) -> Path:
+def save_checkpoint(
+    path: Path,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    epoch: int,
+    step: int,
+    epochs: int,
+    steps_per_epoch: int,
+    metrics: list[dict],
+    epoch_loss: tuple[float, float] = (0.0, 0.0),
+) -> Path:
     """Everything that decides what happens after ``step`` optimizer steps of
     ``epoch``; ``step == steps_per_epoch`` once the epoch is over and in ``metrics``.
     ``epoch_loss`` is (sum of losses x rows, rows) of the epoch so far, over all ranks.
@@ -83,18 +97,21 @@ def save_checkpoint(path: Path, *, model, optimizer, scheduler, scaler, epoch: i
     epoch, and each step's dropout by --seed, the epoch, the step and the rank
     (see train.py)."""
     remove_leftovers(path)
-    return save_torch({
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "metrics": metrics,
-        "epoch_loss": list(epoch_loss),
-    }, path)
+    return save_torch(
+        {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "epochs": epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "metrics": metrics,
+            "epoch_loss": list(epoch_loss),
+        },
+        path,
+    )
 
 
 def resumes(resume: str | None, path: Path) -> bool:
@@ -103,8 +120,9 @@ def resumes(resume: str | None, path: Path) -> bool:
     return resume == "always" or (resume == "auto" and path.is_file())
 
 
-def load_checkpoint(path: Path, device: torch.device | str, epochs: int,
-                    steps_per_epoch: int | None = None) -> dict:
+def load_checkpoint(
+    path: Path, device: torch.device | str, epochs: int, steps_per_epoch: int | None = None
+) -> dict:
     """The checkpoint at ``path``, checked to belong to an ``epochs``-epoch run with
     ``steps_per_epoch`` optimizer steps per epoch (when given): the learning-rate
     schedule was laid out for that many steps in all."""

@@ -16,8 +16,10 @@ PREPARE_DATA = "python -m generated_bert.data --synthetic"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python main.py",
-                                     description="Train the generated-bert model.")
+    parser = argparse.ArgumentParser(
+        prog="python main.py",
+        description="Train the generated-bert model.",
+    )
     add_ddp_args(parser)
     add_learn_args(parser, TRAINING_DEFAULTS)
     add_model_args(parser)

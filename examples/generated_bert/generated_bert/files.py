@@ -76,8 +76,9 @@ def load_torch(path: Path, device: torch.device | str = "cpu"):
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def save_data_info(data_dir: Path, data_date: str, source: str, rows: int,
-                   skipped_rows: int) -> Path:
+def save_data_info(
+    data_dir: Path, data_date: str, source: str, rows: int, skipped_rows: int
+) -> Path:
     """data/data_info_{date}.json: where a prepared data set came from, for the run's records."""
     info = {"source": source, "rows": rows, "skipped_rows": skipped_rows}
     path = data_file(data_dir, "data_info", data_date, ".json")

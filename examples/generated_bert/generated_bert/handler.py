@@ -19,7 +19,8 @@ class TextClassifierHandler(BaseHandler):
         model_dir = properties["model_dir"]
         gpu = properties.get("gpu_id")
         self.device = torch.device(
-            f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
+            f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu"
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir)
         self.model.to(self.device).eval()
@@ -43,8 +44,9 @@ class TextClassifierHandler(BaseHandler):
 
     def inference(self, batches, *args, **kwargs):
         texts = [text for batch in batches for text in batch]
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length,
-                                 padding=True, return_tensors="pt").to(self.device)
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+        ).to(self.device)
         with torch.no_grad():
             return self.model(**encoded).logits.float().cpu(), [len(batch) for batch in batches]
 
@@ -53,14 +55,18 @@ class TextClassifierHandler(BaseHandler):
         results = []
         for row in logits:
             probabilities = row.softmax(dim=-1)
-            results.append({
-                "label": self.label_names[int(row.argmax())],
-                "probabilities": dict(zip(self.label_names, probabilities.tolist(), strict=True)),
-                "logits": row.tolist(),
-            })
+            results.append(
+                {
+                    "label": self.label_names[int(row.argmax())],
+                    "probabilities": dict(
+                        zip(self.label_names, probabilities.tolist(), strict=True)
+                    ),
+                    "logits": row.tolist(),
+                }
+            )
         # One response per request, in the order the requests came.
         responses, start = [], 0
         for size in sizes:
-            responses.append(results[start:start + size])
+            responses.append(results[start : start + size])
             start += size
         return responses

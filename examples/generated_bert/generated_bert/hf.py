@@ -27,13 +27,19 @@ DEFAULT_MODEL = "bert-base-uncased"
 def add_hf_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
     group = parser.add_argument_group("hugging face")
     group.add_argument(
-        "-bt", "--bert_type", default=DEFAULT_MODEL,
+        "-bt",
+        "--bert_type",
+        default=DEFAULT_MODEL,
         help="hub name or local folder of a BERT-family model to fine-tune; without network, "
         "a folder such as one made by `python -m generated_bert.hf --tiny-model DIR` "
         "(default: %(default)s)",
     )
-    group.add_argument("--max_length", type=positive_int, default=128,
-                       help="longest text in tokens, longer ones are cut (default: %(default)s)")
+    group.add_argument(
+        "--max_length",
+        type=positive_int,
+        default=128,
+        help="longest text in tokens, longer ones are cut (default: %(default)s)",
+    )
     return apply_defaults(parser, defaults)
 
 
@@ -54,8 +60,10 @@ def _load(loader, bert_type: str, what: str, **kwargs):
             raise UsageError(f"--bert_type {bert_type} is a file; pass a folder or a hub name")
         return loader.from_pretrained(str(local), **kwargs)
     if bert_type.startswith(("/", "./", "../", "~")):  # a path, not a hub name
-        raise UsageError(f"--bert_type {bert_type}: no such model folder; make one with "
-                         f"`python -m {__package__}.hf --tiny-model {bert_type}` or fix the path")
+        raise UsageError(
+            f"--bert_type {bert_type}: no such model folder; make one with "
+            f"`python -m {__package__}.hf --tiny-model {bert_type}` or fix the path"
+        )
     try:
         return loader.from_pretrained(bert_type, local_files_only=True, **kwargs)
     except (OSError, ValueError):
@@ -77,7 +85,9 @@ def get_tokenizer(bert_type: str):
 def get_pretrained_model(bert_type: str, label_names: list[str]):
     """A sequence classifier with one output per label, its head sized to the labels."""
     return _load(
-        _transformers().AutoModelForSequenceClassification, bert_type, "model",
+        _transformers().AutoModelForSequenceClassification,
+        bert_type,
+        "model",
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
@@ -100,8 +110,9 @@ def get_bert_info(bert_type: str, label_names: list[str], max_length: int) -> di
     }
 
 
-def get_encodings(texts: list[str], tokenizer, max_length: int,
-                  chunk: int = 10_000) -> dict[str, torch.Tensor]:
+def get_encodings(
+    texts: list[str], tokenizer, max_length: int, chunk: int = 10_000
+) -> dict[str, torch.Tensor]:
     """Token ids of every text, truncated to max_length and stored end to end:
     text i is input_ids[offsets[i]:offsets[i + 1]]. No padding: batches pad
     themselves to their own longest text. Tokenized a chunk at a time into int32
@@ -109,8 +120,13 @@ def get_encodings(texts: list[str], tokenizer, max_length: int,
     memory than the result."""
     ids, lengths = [], []
     for start in range(0, len(texts), chunk):
-        rows = tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length,
-                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        rows = tokenizer(
+            texts[start : start + chunk],
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
         lengths.append(torch.tensor([len(row) for row in rows], dtype=torch.int64))
         ids.append(torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=torch.int32))
     offsets = torch.zeros(len(texts) + 1, dtype=torch.int64)
@@ -124,8 +140,9 @@ def model_source(bert_type: str) -> str:
     return str(local.resolve()) if local.exists() else bert_type
 
 
-def encoded_split_path(data_dir: Path, data_date: str, name: str, tokenizer,
-                       max_length: int) -> Path:
+def encoded_split_path(
+    data_dir: Path, data_date: str, name: str, tokenizer, max_length: int
+) -> Path:
     """data/tokenized/<tokenizer>/{name}_tensor_{date}_{content}.pt: one folder per
     tokenizer and max_length, one file per content of the split's texts, so that
     texts prepared again under the same date are tokenized again."""
@@ -137,27 +154,39 @@ def encoded_split_path(data_dir: Path, data_date: str, name: str, tokenizer,
     return Path(data_dir) / "tokenized" / folder / f"{name}_tensor_{data_date}_{content}.pt"
 
 
-def load_encoded_split(data_dir: Path, data_date: str, name: str, tokenizer, max_length: int,
-                       device="cpu") -> dict[str, torch.Tensor]:
+def load_encoded_split(
+    data_dir: Path, data_date: str, name: str, tokenizer, max_length: int, device="cpu"
+) -> dict[str, torch.Tensor]:
     """The split tokenized for this tokenizer: from the cache, else made and cached.
     Holds input_ids and offsets (see get_encodings), labels and the pad token id."""
     path = encoded_split_path(data_dir, data_date, name, tokenizer, max_length)
     if not path.is_file():
         texts, labels = load_texts(data_dir, name, data_date)
-        save_torch({**get_encodings(texts, tokenizer, max_length),
-                    "labels": torch.tensor(labels, dtype=torch.int64),
-                    "pad_id": torch.tensor(tokenizer.pad_token_id)}, path)
+        save_torch(
+            {
+                **get_encodings(texts, tokenizer, max_length),
+                "labels": torch.tensor(labels, dtype=torch.int64),
+                "pad_id": torch.tensor(tokenizer.pad_token_id),
+            },
+            path,
+        )
     return load_torch(path, device)
 
 
-def save_bert_model(bert_type: str, label_names: list[str], state_dict: Path,
-                    out_dir: Path) -> Path:
+def save_bert_model(
+    bert_type: str, label_names: list[str], state_dict: Path, out_dir: Path
+) -> Path:
     """The weights in ``state_dict`` as a save_pretrained folder (config + safetensors),
     loadable with AutoModelForSequenceClassification.from_pretrained(out_dir)."""
     transformers = _transformers()
-    config = _load(transformers.AutoConfig, bert_type, "model config",
-                   num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                   label2id={name: i for i, name in enumerate(label_names)})
+    config = _load(
+        transformers.AutoConfig,
+        bert_type,
+        "model config",
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+    )
     model = transformers.AutoModelForSequenceClassification.from_config(config)
     model.load_state_dict(load_torch(state_dict))
     model.save_pretrained(out_dir)
@@ -169,8 +198,13 @@ def save_tokenizer(tokenizer, out_dir: Path) -> list[Path]:
     return [Path(path) for path in tokenizer.save_pretrained(out_dir)]
 
 
-def build_tiny_model(texts: list[str], label_names: list[str], out_dir: Path,
-                     vocab_size: int = 2000, max_length: int = 128) -> Path:
+def build_tiny_model(
+    texts: list[str],
+    label_names: list[str],
+    out_dir: Path,
+    vocab_size: int = 2000,
+    max_length: int = 128,
+) -> Path:
     """A small randomly initialised BERT and a WordPiece tokenizer trained on
     ``texts``: for offline runs, tests and demos, not for accuracy on real text."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -181,24 +215,39 @@ def build_tiny_model(texts: list[str], label_names: list[str], out_dir: Path,
     wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
     wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wordpiece.train_from_iterator(texts, WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=specials, show_progress=False))
+    wordpiece.train_from_iterator(
+        texts, WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    )
     cls_id, sep_id = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
     wordpiece.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
     wordpiece.decoder = decoders.WordPiece(prefix="##")
     # The generic fast tokenizer saves tokenizer.json exactly as trained.
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
+        tokenizer_object=wordpiece,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=max_length,
+    )
 
     config = transformers.BertConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=128, max_position_embeddings=max(128, max_length),
-        pad_token_id=tokenizer.pad_token_id, num_labels=len(label_names),
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=max(128, max_length),
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)})
+        label2id={name: i for i, name in enumerate(label_names)},
+    )
     torch.manual_seed(0)
     transformers.BertForSequenceClassification(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -206,29 +255,58 @@ def build_tiny_model(texts: list[str], label_names: list[str], out_dir: Path,
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.hf",
-                                     description="Hugging Face helpers for this project.")
-    parser.add_argument("--tiny-model", "--tiny_model", dest="tiny_model", type=Path,
-                        metavar="DIR", required=True,
-                        help="write a small random BERT and a tokenizer trained on the "
-                        "training texts to DIR, for --bert_type DIR")
-    parser.add_argument("--vocab_size", type=positive_int, default=2000,
-                        help="word pieces in the tokenizer (default: %(default)s)")
-    parser.add_argument("--max_length", type=positive_int, default=128,
-                        help="longest text in tokens the model accepts (default: %(default)s)")
-    parser.add_argument("--data_dir", type=Path, default=PROJECT_DIR / "data",
-                        help="folder of the prepared texts (default: the project's data/)")
-    parser.add_argument("--data_date", type=date_type, default=None,
-                        help="YYYYMMDD of the texts to train the tokenizer on (default: newest)")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__package__}.hf", description="Hugging Face helpers for this project."
+    )
+    parser.add_argument(
+        "--tiny-model",
+        "--tiny_model",
+        dest="tiny_model",
+        type=Path,
+        metavar="DIR",
+        required=True,
+        help="write a small random BERT and a tokenizer trained on the "
+        "training texts to DIR, for --bert_type DIR",
+    )
+    parser.add_argument(
+        "--vocab_size",
+        type=positive_int,
+        default=2000,
+        help="word pieces in the tokenizer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max_length",
+        type=positive_int,
+        default=128,
+        help="longest text in tokens the model accepts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data_dir",
+        type=Path,
+        default=PROJECT_DIR / "data",
+        help="folder of the prepared texts (default: the project's data/)",
+    )
+    parser.add_argument(
+        "--data_date",
+        type=date_type,
+        default=None,
+        help="YYYYMMDD of the texts to train the tokenizer on (default: newest)",
+    )
     args = parser.parse_args(argv)
     try:
-        data_date = find_data_date(args.data_dir, args.data_date,
-                                   f"python -m {__package__}.data --synthetic")
+        data_date = find_data_date(
+            args.data_dir, args.data_date, f"python -m {__package__}.data --synthetic"
+        )
     except UsageError as error:
         sys.exit(f"error: {error}")
     texts, _ = load_texts(args.data_dir, "train", data_date)
-    out = build_tiny_model(texts, load_label_names(args.data_dir, data_date), args.tiny_model,
-                           args.vocab_size, args.max_length)
+    out = build_tiny_model(
+        texts,
+        load_label_names(args.data_dir, data_date),
+        args.tiny_model,
+        args.vocab_size,
+        args.max_length,
+    )
     print(f"wrote a tiny BERT and its tokenizer to {out}; train it with --bert_type {out}")
 
 

@@ -35,8 +35,10 @@ def gpus_to_use(requested: int | None) -> int:
     if requested is None:  # not given: one GPU if there is one
         return min(visible, 1)
     if requested > 0 and visible == 0:
-        print(f"warning: --gpus {requested} asked for but no GPU is visible; training on the CPU",
-              file=sys.stderr)
+        print(
+            f"warning: --gpus {requested} asked for but no GPU is visible; training on the CPU",
+            file=sys.stderr,
+        )
         return 0
     if requested > visible:
         raise LaunchError(
@@ -57,8 +59,16 @@ def run_in_world(fn, gpu: int | None) -> None:
         fn(world)
 
 
-def launch(fn, *, gpus: int | None, procs: int, nodes: int, nr: int,
-           master_addr: str | None, master_port: int | None) -> None:
+def launch(
+    fn,
+    *,
+    gpus: int | None,
+    procs: int,
+    nodes: int,
+    nr: int,
+    master_addr: str | None,
+    master_port: int | None,
+) -> None:
     """Run fn(world) once per process of this node (the --gpus, --procs, --nodes,
     --nr, --master_addr and --master_port flags)."""
     if launched_by_torchrun():
@@ -80,13 +90,19 @@ def launch(fn, *, gpus: int | None, procs: int, nodes: int, nr: int,
     if nr >= nodes:
         raise LaunchError(f"--nr {nr} must be below --nodes {nodes}")
     if nr > 0 and master_addr is None:
-        raise LaunchError(f"--nr {nr} runs on another machine than node 0: pass "
-                          "--master_addr with node 0's address")
+        raise LaunchError(
+            f"--nr {nr} runs on another machine than node 0: pass "
+            "--master_addr with node 0's address"
+        )
     # One rendezvous for the whole job, chosen here, before any rank starts.
     os.environ["MASTER_ADDR"] = master_addr or "127.0.0.1"
     os.environ["MASTER_PORT"] = str(master_port or free_port())
-    processes = mp.spawn(_spawned_process, args=(fn, nr, procs_per_node, nodes, gpus > 0),
-                         nprocs=procs_per_node, join=False)
+    processes = mp.spawn(
+        _spawned_process,
+        args=(fn, nr, procs_per_node, nodes, gpus > 0),
+        nprocs=procs_per_node,
+        join=False,
+    )
     try:
         # SIGTERM or Ctrl-C here goes on to every process, which checkpoints and stops.
         with signals_forwarded([process.pid for process in processes.processes]):
@@ -97,14 +113,19 @@ def launch(fn, *, gpus: int | None, procs: int, nodes: int, nr: int,
             raise Stopped(error.exit_code - 128) from None  # rank 0 said where it saved
         # spawn stops the other processes as soon as one fails. One that raised
         # printed why; one killed by a signal (the OOM killer, kill -9) could not.
-        how = (f"was killed by {error.signal_name}" if error.signal_name
-               else f"exited with code {error.exit_code}")
-        raise LaunchError(f"training process {error.error_index} {how}; "
-                          "the others were stopped") from None
+        how = (
+            f"was killed by {error.signal_name}"
+            if error.signal_name
+            else f"exited with code {error.exit_code}"
+        )
+        raise LaunchError(
+            f"training process {error.error_index} {how}; the others were stopped"
+        ) from None
 
 
-def _spawned_process(local_rank: int, fn, nr: int, procs_per_node: int, nodes: int,
-                     use_gpus: bool) -> None:
+def _spawned_process(
+    local_rank: int, fn, nr: int, procs_per_node: int, nodes: int, use_gpus: bool
+) -> None:
     # The same variables torchrun sets, so joined_world has one code path for both.
     os.environ.update(
         RANK=str(nr * procs_per_node + local_rank),

@@ -15,10 +15,11 @@ def add_model_args(parser: argparse.ArgumentParser, defaults: dict | None = None
     add_hf_args(parser)
     group = parser.add_argument_group("imbalanced labels")
     group.add_argument(
-        "--balance", choices=["none", "oversample", "weights"], default="none",
+        "--balance",
+        choices=["none", "oversample", "weights"],
+        default="none",
         help="none; oversample: draw the rarer labels' training texts again until every "
         "label has as many as the commonest (pytorch-quik's RandomOverSampler); weights: "
         "weigh each label's loss by how rare it is (default: %(default)s)",
     )
     return apply_defaults(parser, defaults)
-

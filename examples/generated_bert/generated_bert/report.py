@@ -1,7 +1,7 @@
 """How well the classifier does on the test set: report and confusion matrix.
 
-    data/classification_report_{date}.txt   sklearn's classification report
-    data/confusion_{date}.png               the confusion matrix, counts in the cells
+data/classification_report_{date}.txt   sklearn's classification report
+data/confusion_{date}.png               the confusion matrix, counts in the cells
 """
 
 import re
@@ -23,19 +23,27 @@ def save_confusion_matrix(confusion, label_names: list[str], path: Path) -> Path
     figure, axes = plt.subplots(figsize=(size, size))
     # gist_heat without its white and black ends, so white counts stay readable.
     colours = matplotlib.colors.LinearSegmentedColormap.from_list(
-        "heat", plt.get_cmap("gist_heat")(torch.linspace(0.01, 0.9, 100).numpy()))
+        "heat", plt.get_cmap("gist_heat")(torch.linspace(0.01, 0.9, 100).numpy())
+    )
     axes.imshow(confusion, cmap=colours)
     ticks = range(len(label_names))
     axes.set_xticks(ticks, label_names)
     axes.set_yticks(ticks, label_names, rotation=90, va="center")
     for actual in ticks:
         for predicted in ticks:
-            axes.text(predicted, actual, int(confusion[actual, predicted]),
-                      ha="center", va="center", color="white")
+            axes.text(
+                predicted,
+                actual,
+                int(confusion[actual, predicted]),
+                ha="center",
+                va="center",
+                color="white",
+            )
     axes.set_xlabel("Predicted")
     axes.set_ylabel("Actual")
-    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", bbox_inches="tight",
-                                                      dpi=150))
+    write_atomically(
+        path, lambda tmp: figure.savefig(tmp, format="png", bbox_inches="tight", dpi=150)
+    )
     plt.close(figure)
     return path
 
@@ -53,12 +61,16 @@ def classification_summary(predictions, labels, label_names, data_dir, data_date
     report_file = data_file(data_dir, "classification_report", data_date, ".txt")
     write_atomically(report_file, lambda tmp: Path(tmp).write_text(text))
     confusion_file = save_confusion_matrix(
-        confusion_matrix(labels, predictions, labels=classes), label_names,
-        data_file(data_dir, "confusion", data_date, ".png"))
+        confusion_matrix(labels, predictions, labels=classes),
+        label_names,
+        data_file(data_dir, "confusion", data_date, ".png"),
+    )
 
     report = classification_report(labels, predictions, output_dict=True, **kwargs)
-    metrics = {"test_accuracy": float((predictions == labels).double().mean()),
-               "test_macro_f1": report["macro avg"]["f1-score"]}
+    metrics = {
+        "test_accuracy": float((predictions == labels).double().mean()),
+        "test_macro_f1": report["macro avg"]["f1-score"],
+    }
     for name in label_names:
         safe_name = re.sub(r"[^0-9A-Za-z_.-]", "_", name)  # what metric stores accept in a key
         metrics[f"f1_{safe_name}"] = report[name]["f1-score"]
@@ -66,11 +78,16 @@ def classification_summary(predictions, labels, label_names, data_dir, data_date
     for key in ("precision", "recall", "f1-score"):
         metrics[f"weighted_avg_{key}"] = report["weighted avg"][key]
     recalls = ", ".join(f"{name} {report[name]['recall']:.4f}" for name in label_names)
-    print(f"test accuracy: {metrics['test_accuracy']:.4f}, macro-F1: "
-          f"{metrics['test_macro_f1']:.4f}; recall per label: {recalls}")
+    print(
+        f"test accuracy: {metrics['test_accuracy']:.4f}, macro-F1: "
+        f"{metrics['test_macro_f1']:.4f}; recall per label: {recalls}"
+    )
     predicted = predictions.unique()
     if len(predicted) == 1 and len(labels.unique()) > 1:
-        print(f"warning: every test text was predicted {label_names[int(predicted)]!r}: the "
-              "model learned only that label; try --balance weights, more --epochs or "
-              "another --lr", file=sys.stderr)
+        print(
+            f"warning: every test text was predicted {label_names[int(predicted)]!r}: the "
+            "model learned only that label; try --balance weights, more --epochs or "
+            "another --lr",
+            file=sys.stderr,
+        )
     return metrics, [report_file, confusion_file]

@@ -54,22 +54,30 @@ class Task:
         tokenizer = get_tokenizer(settings.bert_type)
         with first_on_each_node(world):
             self.train_set, self.valid_set, self.test_set = (
-                load_encoded_split(data_dir, data_date, name, tokenizer, settings.max_length,
-                                   world.device)
-                for name in ("train", "valid", "test"))
+                load_encoded_split(
+                    data_dir, data_date, name, tokenizer, settings.max_length, world.device
+                )
+                for name in ("train", "valid", "test")
+            )
         # --balance weights: rarer labels weigh more in the training loss.
-        self.class_weights = (balanced_class_weights(self.train_set["labels"],
-                                                     len(self.label_names))
-                              if settings.balance == "weights" else None)
+        self.class_weights = (
+            balanced_class_weights(self.train_set["labels"], len(self.label_names))
+            if settings.balance == "weights"
+            else None
+        )
         # What serving needs to rebuild the model; saved beside the state dicts.
-        self.run_info = {"bert_type": model_source(settings.bert_type),
-                         "max_length": settings.max_length, "label_names": self.label_names}
+        self.run_info = {
+            "bert_type": model_source(settings.bert_type),
+            "max_length": settings.max_length,
+            "label_names": self.label_names,
+        }
 
     def num_rows(self, tensors: dict) -> int:
         return len(tensors["labels"])
 
-    def batches(self, tensors: dict, rows: torch.Tensor, batch_size: int,
-                shuffle_seed: int | None = None):
+    def batches(
+        self, tensors: dict, rows: torch.Tensor, batch_size: int, shuffle_seed: int | None = None
+    ):
         return length_grouped_batches(tensors, rows, batch_size, shuffle_seed)
 
     def training_rows(self, seed: int) -> torch.Tensor:
@@ -89,14 +97,22 @@ class Task:
         weights = self.class_weights if model.training else None
         return F.cross_entropy(logits, batch["labels"], weight=weights, reduction=reduction)
 
-    def report(self, model: nn.Module, test_loss: float, batch_size: int, autocast,
-               output_dir: Path, data_date: str) -> tuple[dict, list[Path]]:
+    def report(
+        self,
+        model: nn.Module,
+        test_loss: float,
+        batch_size: int,
+        autocast,
+        output_dir: Path,
+        data_date: str,
+    ) -> tuple[dict, list[Path]]:
         """Accuracy, macro-F1 and recall per label, the report and the confusion
         matrix (one process scores the whole test set, so nothing needs gathering)."""
         print(f"test loss: {test_loss:.4f}")
         predictions = predict(model, self.test_set, batch_size, autocast)
-        metrics, files = classification_summary(predictions, self.test_set["labels"].cpu(),
-                                                self.label_names, output_dir, data_date)
+        metrics, files = classification_summary(
+            predictions, self.test_set["labels"].cpu(), self.label_names, output_dir, data_date
+        )
         return {"test_loss": test_loss, **metrics}, files
 
 
@@ -113,11 +129,14 @@ def predict(model: nn.Module, encoded: dict, batch_size: int, autocast) -> torch
     # Batches come sorted by length, so write each prediction back to its row.
     lengths = (encoded["offsets"][1:] - encoded["offsets"][:-1]).cpu()
     order = rows[torch.argsort(lengths, descending=True, stable=True)]
-    for start, batch in zip(range(0, len(rows), batch_size),
-                            length_grouped_batches(encoded, rows, batch_size), strict=True):
+    for start, batch in zip(
+        range(0, len(rows), batch_size),
+        length_grouped_batches(encoded, rows, batch_size),
+        strict=True,
+    ):
         with autocast():
             logits = compute_logits(model, batch)
-        predictions[order[start:start + batch_size]] = logits.argmax(dim=-1).cpu()
+        predictions[order[start : start + batch_size]] = logits.argmax(dim=-1).cpu()
     return predictions
 
 
@@ -142,8 +161,9 @@ def oversampled_rows(labels: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def pad_batch(encoded: dict[str, torch.Tensor], rows: torch.Tensor,
-              width: int) -> dict[str, torch.Tensor]:
+def pad_batch(
+    encoded: dict[str, torch.Tensor], rows: torch.Tensor, width: int
+) -> dict[str, torch.Tensor]:
     """Texts ``rows`` as input_ids and attention_mask padded to ``width`` tokens (their
     longest), and labels."""
     starts, ends = encoded["offsets"][rows], encoded["offsets"][rows + 1]
@@ -158,9 +178,13 @@ def pad_batch(encoded: dict[str, torch.Tensor], rows: torch.Tensor,
     }
 
 
-def length_grouped_batches(encoded: dict[str, torch.Tensor], indices: torch.Tensor,
-                           batch_size: int, shuffle_seed: int | None = None,
-                           window_batches: int = 8) -> Iterator[dict[str, torch.Tensor]]:
+def length_grouped_batches(
+    encoded: dict[str, torch.Tensor],
+    indices: torch.Tensor,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+    window_batches: int = 8,
+) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of ``indices``, each padded to its own longest text.
 
     Training (``shuffle_seed`` given): the shuffled ``indices`` are cut into windows
@@ -184,7 +208,7 @@ def length_grouped_batches(encoded: dict[str, torch.Tensor], indices: torch.Tens
     window = batch_size * window_batches if shuffle_seed is not None else len(indices)
     groups = []
     for start in range(0, len(indices), max(window, 1)):
-        chunk = indices[start:start + window]
+        chunk = indices[start : start + window]
         chunk = chunk[torch.argsort(lengths[chunk], descending=True, stable=True)]
         groups.extend(chunk.split(batch_size))
     if shuffle_seed is not None:

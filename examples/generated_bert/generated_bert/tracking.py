@@ -48,6 +48,7 @@ MLFLOW_DEFAULTS = {
 @dataclass(frozen=True)
 class TrackingSettings(FlagValues):
     """The mlflow flags: whether and where runs are tracked, and under which names."""
+
     use_mlflow: bool
     experiment: str
     user: str
@@ -59,19 +60,35 @@ class TrackingSettings(FlagValues):
 def add_mlflow_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
     """Where and under which names runs are tracked."""
     group = parser.add_argument_group("mlflow")
-    group.add_argument("--use_mlflow", action="store_true",
-                       help="track this training job as an MLflow run")
-    group.add_argument("-exp", "--experiment", default="generated-bert",
-                       help="experiment to log into, created if missing (default: %(default)s)")
-    group.add_argument("-u", "--user", default=getpass.getuser(),
-                       help="user recorded on the run (default: the login name)")
-    group.add_argument("--run_name", default=None,
-                       help="name of the run (default: MLflow picks one)")
-    group.add_argument("--tracking_uri", default=DEFAULT_TRACKING_URI,
-                       help="tracking store or server, e.g. http://127.0.0.1:5000 "
-                       "(default: the project's mlflow.db)")
-    group.add_argument("--endpoint_url", default=None,
-                       help="S3 endpoint for artifacts, for MinIO and other S3-compatible stores")
+    group.add_argument(
+        "--use_mlflow", action="store_true", help="track this training job as an MLflow run"
+    )
+    group.add_argument(
+        "-exp",
+        "--experiment",
+        default="generated-bert",
+        help="experiment to log into, created if missing (default: %(default)s)",
+    )
+    group.add_argument(
+        "-u",
+        "--user",
+        default=getpass.getuser(),
+        help="user recorded on the run (default: the login name)",
+    )
+    group.add_argument(
+        "--run_name", default=None, help="name of the run (default: MLflow picks one)"
+    )
+    group.add_argument(
+        "--tracking_uri",
+        default=DEFAULT_TRACKING_URI,
+        help="tracking store or server, e.g. http://127.0.0.1:5000 "
+        "(default: the project's mlflow.db)",
+    )
+    group.add_argument(
+        "--endpoint_url",
+        default=None,
+        help="S3 endpoint for artifacts, for MinIO and other S3-compatible stores",
+    )
     return apply_defaults(parser, defaults)
 
 
@@ -80,8 +97,9 @@ def import_mlflow():
     try:
         import mlflow  # noqa: F401
     except ImportError:
-        raise UsageError("--use_mlflow needs MLflow: pip install 'mlflow>=3' "
-                         "(or pip install -e '.[mlflow]')") from None
+        raise UsageError(
+            "--use_mlflow needs MLflow: pip install 'mlflow>=3' (or pip install -e '.[mlflow]')"
+        ) from None
     for name, value in MLFLOW_DEFAULTS.items():
         os.environ.setdefault(name, value)
     from mlflow import MlflowClient
@@ -131,13 +149,16 @@ def connect(tracking_uri: str, experiment_name: str):
         experiment = client.get_experiment_by_name(experiment_name)
         if experiment is None:
             return client, client.create_experiment(
-                experiment_name, artifact_location=artifact_location(tracking_uri))
+                experiment_name, artifact_location=artifact_location(tracking_uri)
+            )
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
         return client, experiment.experiment_id
     except mlflow_errors() as error:
-        raise UsageError(f"cannot reach the MLflow tracking store {tracking_uri} "
-                         f"({describe(error)}); start the server or fix --tracking_uri") from None
+        raise UsageError(
+            f"cannot reach the MLflow tracking store {tracking_uri} "
+            f"({describe(error)}); start the server or fix --tracking_uri"
+        ) from None
 
 
 def describe(error: Exception) -> str:
@@ -158,8 +179,9 @@ def end_run(client, run_id: str, status: str) -> None:
 
 
 def git_commit() -> str | None:
-    result = subprocess.run(["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
     return result.stdout.strip() if result.returncode == 0 else None
 
 
@@ -180,15 +202,21 @@ def close_child_runs(tracking: TrackingSettings, parent_run_id: str, failed: set
     still_open = client.search_runs(
         [experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
-                      "and attributes.status = 'RUNNING'")
+        "and attributes.status = 'RUNNING'",
+    )
     for run in still_open:
         status = "FAILED" if run.data.tags.get("ray_trial_id") in failed else "FINISHED"
         client.set_terminated(run.info.run_id, status)
 
 
 @contextmanager
-def mlflow_run(tracking: TrackingSettings, flags: dict, node_rank: int = 0,
-               parent_run_id: str | None = None, tags: dict | None = None):
+def mlflow_run(
+    tracking: TrackingSettings,
+    flags: dict,
+    node_rank: int = 0,
+    parent_run_id: str | None = None,
+    tags: dict | None = None,
+):
     """Create the job's run, with ``flags`` as its parameters; yield its id (None
     without --use_mlflow, on a node other than node 0, or on a torchrun rank other
     than 0); end it FINISHED, KILLED or FAILED."""
@@ -207,7 +235,7 @@ def mlflow_run(tracking: TrackingSettings, flags: dict, node_rank: int = 0,
     run_id = client.create_run(experiment_id, run_name=tracking.run_name, tags=tags).info.run_id
     params = [Param(key, value) for key, value in run_params(flags).items()]
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=params[start:start + 100])
+        client.log_batch(run_id, params=params[start : start + 100])
     try:
         yield run_id
     except KeyboardInterrupt:
@@ -245,10 +273,13 @@ class RunLogger:
             try:
                 self.client.log_batch(self.run_id, metrics=batch)
             except mlflow_errors() as error:
-                warn(f"{len(self.pending)} metric values not sent yet; they are sent again "
-                     "after the next epoch", error)
+                warn(
+                    f"{len(self.pending)} metric values not sent yet; they are sent again "
+                    "after the next epoch",
+                    error,
+                )
                 return
-            del self.pending[:len(batch)]
+            del self.pending[: len(batch)]
 
     def set_tag(self, key: str, value) -> None:
         try:
@@ -267,8 +298,13 @@ class RunLogger:
 STATE_DICT_NAME = re.compile(r"^state_dict_e(?P<epoch>\w+)_(?P<date>\d{8})\.pt$")
 
 
-def get_state_dict(tracking: TrackingSettings, epoch: int | str, dst: Path,
-                   filter_string: str | None = None, run_id: str | None = None) -> Path:
+def get_state_dict(
+    tracking: TrackingSettings,
+    epoch: int | str,
+    dst: Path,
+    filter_string: str | None = None,
+    run_id: str | None = None,
+) -> Path:
     """Download epoch ``epoch``'s state dict of one run into ``dst`` and return
     its path; its name carries the data set's date.
     ``epoch`` "best" is the epoch of the run's best_epoch tag.
@@ -283,20 +319,28 @@ def get_state_dict(tracking: TrackingSettings, epoch: int | str, dst: Path,
         runs = client.search_runs([experiment_id], filter_string=filter_string, max_results=2)
         if len(runs) != 1:
             found = "no run matches" if not runs else "several runs match"
-            raise UsageError(f"{found} {filter_string!r} in experiment {tracking.experiment!r}; "
-                             "name exactly one run, e.g. \"attributes.run_id = '...'\"")
+            raise UsageError(
+                f"{found} {filter_string!r} in experiment {tracking.experiment!r}; "
+                "name exactly one run, e.g. \"attributes.run_id = '...'\""
+            )
         run_id = runs[0].info.run_id
     if str(epoch) == "best":
         epoch = client.get_run(run_id).data.tags.get("best_epoch")
         if epoch is None:
-            raise UsageError(f"run {run_id} has no best_epoch tag (it did not finish); "
-                             "name an epoch instead")
-    saved = {match["epoch"]: artifact.path for artifact in client.list_artifacts(run_id)
-             if (match := STATE_DICT_NAME.match(artifact.path))}
+            raise UsageError(
+                f"run {run_id} has no best_epoch tag (it did not finish); name an epoch instead"
+            )
+    saved = {
+        match["epoch"]: artifact.path
+        for artifact in client.list_artifacts(run_id)
+        if (match := STATE_DICT_NAME.match(artifact.path))
+    }
     if str(epoch) not in saved:
         epochs = sorted(saved)
-        raise UsageError(f"run {run_id} has no state dict for epoch {epoch}; "
-                         f"it has epochs: {', '.join(epochs) or 'none'}")
+        raise UsageError(
+            f"run {run_id} has no state dict for epoch {epoch}; "
+            f"it has epochs: {', '.join(epochs) or 'none'}"
+        )
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     with s3_endpoint(tracking.endpoint_url):

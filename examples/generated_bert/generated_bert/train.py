@@ -66,8 +66,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":  # bf16 where the device runs it natively, else fp16
         return torch.bfloat16 if bf16_native else torch.float16
     if precision == "bf16" and not bf16_native:
-        print(f"warning: {torch.cuda.get_device_name(device)} only emulates bf16, which is slow; "
-              "--precision fp16 runs natively", file=sys.stderr)
+        print(
+            f"warning: {torch.cuda.get_device_name(device)} only emulates bf16, which is slow; "
+            "--precision fp16 runs natively",
+            file=sys.stderr,
+        )
     return PRECISIONS[precision]
 
 
@@ -91,8 +94,10 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             decay.append(parameter)
         else:
             no_decay.append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return [group for group in groups if group["params"]]
 
 
@@ -100,10 +105,12 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
     """Hugging Face's linear schedule: the learning rate rises from 0 to --lr over
     warmup_steps, then falls to 0 at total_steps. Adam's betas stay as given
     (OneCycleLR would cycle beta1)."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return step / warmup_steps
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -119,7 +126,8 @@ def read_losses(step_losses: list[torch.Tensor], world, epoch: int, first_step: 
         raise UsageError(
             f"loss is {value if not math.isfinite(value) else 'not finite on another rank'} at "
             f"epoch {epoch + 1}, step {first_step + first_bad + 1}; try a lower --lr, "
-            "--clip_grad, or --precision fp32")
+            "--clip_grad, or --precision fp32"
+        )
     return values
 
 
@@ -152,8 +160,12 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
     total_steps = args.epochs * steps_per_epoch
     # Fused AdamW runs one kernel for all parameters instead of several per tensor.
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, args.weight_decay), lr=args.lr, betas=args.betas, eps=args.eps,
-        fused=world.device.type in ("cpu", "cuda"))
+        parameter_groups(model, args.weight_decay),
+        lr=args.lr,
+        betas=args.betas,
+        eps=args.eps,
+        fused=world.device.type in ("cpu", "cuda"),
+    )
     scheduler = linear_schedule(optimizer, round(args.warmup_ratio * total_steps), total_steps)
 
     # Mixed precision: autocast picks the dtype per op. Only fp16 needs the scaler,
@@ -162,8 +174,11 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
     autocast = partial(torch.autocast, world.device.type, dtype=dtype, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
 
-    tracker = (RunLogger(args.tracking_uri, mlflow_run_id, args.endpoint_url)
-               if world.is_logger and mlflow_run_id else None)
+    tracker = (
+        RunLogger(args.tracking_uri, mlflow_run_id, args.endpoint_url)
+        if world.is_logger and mlflow_run_id
+        else None
+    )
 
     checkpoint_file = checkpoint_path(args.output_dir, args.data_date)
     # Where training starts: epoch first_epoch after first_step of its optimizer steps.
@@ -186,22 +201,29 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
     elif world.is_logger:
         save_state_dict(model, args.output_dir, "orig", args.data_date)
     if world.is_logger:
-        save_run_info(args.output_dir, args.data_date,
-                      {**task.run_info, "best_epoch": best_epoch(metrics)})
+        save_run_info(
+            args.output_dir, args.data_date, {**task.run_info, "best_epoch": best_epoch(metrics)}
+        )
 
     if world.is_ddp:
         model = DistributedDataParallel(
-            model, device_ids=[world.device] if world.device.type == "cuda" else None,
-            find_unused_parameters=args.find_unused_parameters)
+            model,
+            device_ids=[world.device] if world.device.type == "cuda" else None,
+            find_unused_parameters=args.find_unused_parameters,
+        )
 
     if world.is_logger:
         per_step = world.world_size * args.bs * args.accumulate
-        print(f"{world.world_size} process(es) x batch {args.bs} x {args.accumulate} "
-              f"accumulated = {per_step} {task.noun} per step, {steps_per_epoch} steps per epoch, "
-              f"on {world.device}, {dtype or torch.float32}")
+        print(
+            f"{world.world_size} process(es) x batch {args.bs} x {args.accumulate} "
+            f"accumulated = {per_step} {task.noun} per step, {steps_per_epoch} steps per epoch, "
+            f"on {world.device}, {dtype or torch.float32}"
+        )
         if first_step:
-            print(f"resuming in epoch {first_epoch + 1}/{args.epochs} after step {first_step} "
-                  f"from {checkpoint_file}")
+            print(
+                f"resuming in epoch {first_epoch + 1}/{args.epochs} after step {first_step} "
+                f"from {checkpoint_file}"
+            )
         elif first_epoch:
             print(f"resuming after epoch {first_epoch - 1} from {checkpoint_file}")
 
@@ -209,25 +231,33 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
         # Every rank has the same valid losses, so every rank stops at the same epoch.
         if args.patience and epochs_since_best(metrics) >= args.patience:
             if world.is_logger:
-                print(f"valid_loss has not improved for {args.patience} epoch(s) since epoch "
-                      f"{best_epoch(metrics)}: stopping early")
+                print(
+                    f"valid_loss has not improved for {args.patience} epoch(s) since epoch "
+                    f"{best_epoch(metrics)}: stopping early"
+                )
             break
         timer = EpochTimer()
         model.train()
         # A new order every epoch, the same on every rank; each rank takes its shard.
         shuffle = torch.Generator().manual_seed(args.seed + epoch)
         order = train_rows[torch.randperm(len(train_rows), generator=shuffle)]
-        micro_batches = task.batches(task.train_set, shard(order, world, pad=True), args.bs,
-                                     shuffle_seed=args.seed + epoch)
+        micro_batches = task.batches(
+            task.train_set, shard(order, world, pad=True), args.bs, shuffle_seed=args.seed + epoch
+        )
         steps = groups_of(micro_batches, args.accumulate)
         # A run resumed mid-epoch skips the steps it had taken, and counts their losses.
         start = first_step if epoch == first_epoch else 0
-        loss_sum, rows_seen = (torch.tensor(value if start else 0.0, device=world.device)
-                               for value in resumed_loss)
+        loss_sum, rows_seen = (
+            torch.tensor(value if start else 0.0, device=world.device) for value in resumed_loss
+        )
         smoothed = SmoothedLoss()
         step_losses = []  # on the device until read, every --log_every steps
-        bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch: {epoch + 1}/{args.epochs}",
-                   disable=not world.is_logger)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=start,
+            desc=f"epoch: {epoch + 1}/{args.epochs}",
+            disable=not world.is_logger,
+        )
         for step, group in enumerate(islice(steps, start, None), start=start):
             # Dropout draws from a stream of its own per step and rank: a run resumed
             # mid-epoch draws what the uninterrupted run drew, on every rank.
@@ -277,35 +307,66 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
                     # A mid-epoch checkpoint: the weights after this step, and its place.
                     loss_so_far = sum_across_ranks([loss_sum, rows_seen], world)
                     if world.is_logger:
-                        save_checkpoint(checkpoint_file, model=model, optimizer=optimizer,
-                                        scheduler=scheduler, scaler=scaler, epoch=epoch,
-                                        step=done, epochs=args.epochs,
-                                        steps_per_epoch=steps_per_epoch, metrics=metrics,
-                                        epoch_loss=loss_so_far)
+                        save_checkpoint(
+                            checkpoint_file,
+                            model=model,
+                            optimizer=optimizer,
+                            scheduler=scheduler,
+                            scaler=scaler,
+                            epoch=epoch,
+                            step=done,
+                            epochs=args.epochs,
+                            steps_per_epoch=steps_per_epoch,
+                            metrics=metrics,
+                            epoch_loss=loss_so_far,
+                        )
                     if stop_signal:
                         bar.close()
                         where = f"in epoch {epoch + 1}/{args.epochs} after step {done}"
-                        raise Stopped(stop_signal, stopped_at(stop_signal, where, checkpoint_file)
-                                      if world.is_logger else "")
+                        raise Stopped(
+                            stop_signal,
+                            stopped_at(stop_signal, where, checkpoint_file)
+                            if world.is_logger
+                            else "",
+                        )
         bar.close()
 
         # The all-reduces here are also the barrier: every rank has finished the
         # epoch before rank 0 writes its files.
         train_loss = average_across_ranks(loss_sum, rows_seen, world)
         valid_loss = evaluate(model, task, task.valid_set, args.bs, world, autocast)
-        metrics.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
-                        "time": timer.elapsed()})
+        metrics.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "valid_loss": valid_loss,
+                "time": timer.elapsed(),
+            }
+        )
         if world.is_logger:
             save_state_dict(model, args.output_dir, epoch, args.data_date)
-            save_checkpoint(checkpoint_file, model=model, optimizer=optimizer,
-                            scheduler=scheduler, scaler=scaler, epoch=epoch,
-                            step=steps_per_epoch, epochs=args.epochs,
-                            steps_per_epoch=steps_per_epoch, metrics=metrics)
-            save_run_info(args.output_dir, args.data_date,
-                          {**task.run_info, "best_epoch": best_epoch(metrics)})
+            save_checkpoint(
+                checkpoint_file,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                epoch=epoch,
+                step=steps_per_epoch,
+                epochs=args.epochs,
+                steps_per_epoch=steps_per_epoch,
+                metrics=metrics,
+            )
+            save_run_info(
+                args.output_dir,
+                args.data_date,
+                {**task.run_info, "best_epoch": best_epoch(metrics)},
+            )
         if args.use_ray_tune:  # a trial of a search: ASHA may stop it here
-            report_epoch({**metrics[-1], "world_size": world.world_size},
-                         in_ray_train=args.workers_per_trial > 1)
+            report_epoch(
+                {**metrics[-1], "world_size": world.world_size},
+                in_ray_train=args.workers_per_trial > 1,
+            )
         if tracker:
             tracker.log_metric("valid_loss", valid_loss, (epoch + 1) * steps_per_epoch)
             tracker.flush()
@@ -314,8 +375,10 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
         stop_signal = max_across_ranks(received(), world)
         if stop_signal and epoch + 1 < args.epochs:
             where = f"after epoch {epoch + 1}/{args.epochs}"
-            raise Stopped(stop_signal, stopped_at(stop_signal, where, checkpoint_file)
-                          if world.is_logger else "")
+            raise Stopped(
+                stop_signal,
+                stopped_at(stop_signal, where, checkpoint_file) if world.is_logger else "",
+            )
 
     best = best_epoch(metrics)
     if world.is_logger:
@@ -323,14 +386,18 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
     if best != metrics[-1]["epoch"]:
         # Test the best epoch's weights (HF's load_best_model_at_end). Rank 0 reads
         # the state dict it saved and sends it, so the others need no shared disk.
-        weights = (load_state_dict(args.output_dir, best, args.data_date, world.device)
-                   if world.is_logger else unwrap(model).state_dict())
+        weights = (
+            load_state_dict(args.output_dir, best, args.data_date, world.device)
+            if world.is_logger
+            else unwrap(model).state_dict()
+        )
         unwrap(model).load_state_dict(broadcast_from_logger(weights, world))
 
     test_loss = evaluate(model, task, task.test_set, args.bs, world, autocast)
     if world.is_logger:
-        test_metrics, report_files = task.report(unwrap(model), test_loss, args.bs, autocast,
-                                                 args.output_dir, args.data_date)
+        test_metrics, report_files = task.report(
+            unwrap(model), test_loss, args.bs, autocast, args.output_dir, args.data_date
+        )
         metrics_file = data_file(args.output_dir, "metrics", args.data_date, ".csv")
         save_metrics_table(metrics, best, test_metrics, metrics_file)
         curve_file = data_file(args.output_dir, "loss_curve", args.data_date, ".png")
@@ -340,7 +407,11 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
             tracker.log_metric(name, value, total_steps)
         tracker.flush()
         tracker.set_tag("best_epoch", best)
-        for path in [metrics_file, curve_file, run_info_path(args.output_dir, args.data_date),
-                     *report_files]:
+        for path in [
+            metrics_file,
+            curve_file,
+            run_info_path(args.output_dir, args.data_date),
+            *report_files,
+        ]:
             tracker.log_artifact(path)
     return metrics

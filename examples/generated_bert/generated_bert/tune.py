@@ -52,18 +52,34 @@ RESULTS_DIR = PROJECT_DIR / "ray_results"
 def add_ray_tune_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
     """Hyperparameter search, and training from a saved configuration."""
     group = parser.add_argument_group("ray tune")
-    group.add_argument("--use_ray_tune", action="store_true",
-                       help="search hyperparameters over --tune_config instead of training once")
-    group.add_argument("--num_samples", type=positive_int, default=20,
-                       help="trials to run (default: %(default)s)")
-    group.add_argument("--workers_per_trial", type=positive_int, default=1,
-                       help="processes per trial; above 1 each trial is a DDP job run by Ray "
-                       "Train, one GPU per process where there are GPUs (default: %(default)s)")
-    group.add_argument("--tune_config", type=Path, default=PROJECT_DIR / "tune.yaml",
-                       help="the search space (default: the project's tune.yaml)")
-    group.add_argument("--config", type=Path, default=None,
-                       help="YAML of argument values to train with, such as a saved "
-                       "data/best_config_{date}.yaml; command-line flags still win")
+    group.add_argument(
+        "--use_ray_tune",
+        action="store_true",
+        help="search hyperparameters over --tune_config instead of training once",
+    )
+    group.add_argument(
+        "--num_samples", type=positive_int, default=20, help="trials to run (default: %(default)s)"
+    )
+    group.add_argument(
+        "--workers_per_trial",
+        type=positive_int,
+        default=1,
+        help="processes per trial; above 1 each trial is a DDP job run by Ray "
+        "Train, one GPU per process where there are GPUs (default: %(default)s)",
+    )
+    group.add_argument(
+        "--tune_config",
+        type=Path,
+        default=PROJECT_DIR / "tune.yaml",
+        help="the search space (default: the project's tune.yaml)",
+    )
+    group.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML of argument values to train with, such as a saved "
+        "data/best_config_{date}.yaml; command-line flags still win",
+    )
     return apply_defaults(parser, defaults)
 
 
@@ -82,8 +98,9 @@ def _number(key: str, name: str, value, whole: bool = False):
 def load_search_space(path: Path, parser: argparse.ArgumentParser) -> dict:
     """tune.yaml, checked before Ray starts: {argument: (sampler, kwargs)}."""
     if not Path(path).is_file():
-        raise UsageError(f"no search space at {path}; write one (see tune.py) or pass "
-                         "--tune_config")
+        raise UsageError(
+            f"no search space at {path}; write one (see tune.py) or pass --tune_config"
+        )
     try:
         space = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as error:
@@ -91,28 +108,43 @@ def load_search_space(path: Path, parser: argparse.ArgumentParser) -> dict:
         line = f" at line {where.line + 1}" if where else ""
         raise UsageError(f"{path} is not valid YAML{line}; fix its syntax") from None
     if not isinstance(space, dict) or not space:
-        raise UsageError(f"{path} must map argument names to samplers, e.g. "
-                         "lr: {loguniform: {lower: 1.0e-4, upper: 1.0e-1}}")
-    tunable = [action for group in parser._action_groups if group.title in TUNABLE_GROUPS
-               for action in group._group_actions if action.dest not in NOT_TUNABLE]
+        raise UsageError(
+            f"{path} must map argument names to samplers, e.g. "
+            "lr: {loguniform: {lower: 1.0e-4, upper: 1.0e-1}}"
+        )
+    tunable = [
+        action
+        for group in parser._action_groups
+        if group.title in TUNABLE_GROUPS
+        for action in group._group_actions
+        if action.dest not in NOT_TUNABLE
+    ]
     # Per name, the flag that takes a value (--precision, not -amp's shortcut to it).
     actions = {action.dest: action for action in tunable if action.nargs == 0}
     actions.update({action.dest: action for action in tunable if action.nargs != 0})
     checked = {}
     for key, spec in space.items():
         if key not in actions:
-            raise UsageError(f"tune.yaml: {key!r} is not a training argument that can be "
-                             "searched; use a name from `python main.py --help`, e.g. lr or bs")
+            raise UsageError(
+                f"tune.yaml: {key!r} is not a training argument that can be "
+                "searched; use a name from `python main.py --help`, e.g. lr or bs"
+            )
         if not isinstance(spec, dict) or len(spec) != 1:
-            raise UsageError(f"tune.yaml: {key} must be one sampler, e.g. "
-                             + key + ": {choice: {categories: [...]}}")
+            raise UsageError(
+                f"tune.yaml: {key} must be one sampler, e.g. "
+                + key
+                + ": {choice: {categories: [...]}}"
+            )
         ((sampler, kwargs),) = spec.items()
         if sampler not in SAMPLERS:
-            raise UsageError(f"tune.yaml: {key} uses unknown sampler {sampler!r}; "
-                             f"use one of {', '.join(SAMPLERS)}")
+            raise UsageError(
+                f"tune.yaml: {key} uses unknown sampler {sampler!r}; "
+                f"use one of {', '.join(SAMPLERS)}"
+            )
         if not isinstance(kwargs, dict) or set(kwargs) != set(SAMPLERS[sampler]):
-            raise UsageError(f"tune.yaml: {key}.{sampler} takes exactly "
-                             f"{', '.join(SAMPLERS[sampler])}")
+            raise UsageError(
+                f"tune.yaml: {key}.{sampler} takes exactly {', '.join(SAMPLERS[sampler])}"
+            )
         default = actions[key].default
         whole = isinstance(default, int) and not isinstance(default, bool)
         if sampler in ("choice", "grid_search"):
@@ -124,21 +156,29 @@ def load_search_space(path: Path, parser: argparse.ArgumentParser) -> dict:
                     if actions[key].type is not None:
                         value = actions[key].type(str(value))
                 except (ValueError, argparse.ArgumentTypeError) as error:
-                    raise UsageError(f"tune.yaml: {key} value {value!r} is not valid for "
-                                     f"--{key} ({error})") from None
+                    raise UsageError(
+                        f"tune.yaml: {key} value {value!r} is not valid for --{key} ({error})"
+                    ) from None
                 if actions[key].choices is not None and value not in actions[key].choices:
-                    raise UsageError(f"tune.yaml: {key} value {value!r} is not one of "
-                                     f"{', '.join(map(str, actions[key].choices))}")
+                    raise UsageError(
+                        f"tune.yaml: {key} value {value!r} is not one of "
+                        f"{', '.join(map(str, actions[key].choices))}"
+                    )
             checked[key] = (sampler, kwargs)
             continue
         if whole and sampler in FLOAT_SAMPLERS:
-            raise UsageError(f"tune.yaml: {key} takes whole numbers; use randint, qrandint, "
-                             f"lograndint or choice instead of {sampler}")
-        numbers = {name: _number(key, name, value, whole and name != "q")
-                   for name, value in kwargs.items()}
+            raise UsageError(
+                f"tune.yaml: {key} takes whole numbers; use randint, qrandint, "
+                f"lograndint or choice instead of {sampler}"
+            )
+        numbers = {
+            name: _number(key, name, value, whole and name != "q") for name, value in kwargs.items()
+        }
         if "lower" in numbers and not numbers["lower"] < numbers["upper"]:
-            raise UsageError(f"tune.yaml: {key}.{sampler} has lower {numbers['lower']} >= "
-                             f"upper {numbers['upper']}; swap or fix them")
+            raise UsageError(
+                f"tune.yaml: {key}.{sampler} has lower {numbers['lower']} >= "
+                f"upper {numbers['upper']}; swap or fix them"
+            )
         if sampler.startswith(("log", "qlog")) and numbers["lower"] <= 0:
             raise UsageError(f"tune.yaml: {key}.{sampler} needs lower > 0")
         if numbers.get("q", 1) <= 0 or numbers.get("sd", 1) <= 0:
@@ -168,8 +208,10 @@ def load_config_file(path: Path, parser: argparse.ArgumentParser) -> dict:
         except (ValueError, argparse.ArgumentTypeError) as error:
             raise UsageError(f"--config {path}: {key}: {error}") from None
         if action.choices is not None and value not in action.choices:
-            raise UsageError(f"--config {path}: {key}: invalid choice {value!r} (choose from "
-                             f"{', '.join(map(str, action.choices))})")
+            raise UsageError(
+                f"--config {path}: {key}: invalid choice {value!r} (choose from "
+                f"{', '.join(map(str, action.choices))})"
+            )
         converted[key] = tuple(value) if isinstance(value, list) else value
     return converted
 
@@ -189,6 +231,7 @@ def report_epoch(row: dict, in_ray_train: bool) -> None:
 @dataclass(frozen=True)
 class SearchSettings(FlagValues):
     """The ray tune flags a search runs by, and the data set it searches on."""
+
     num_samples: int
     workers_per_trial: int
     epochs: int
@@ -196,25 +239,38 @@ class SearchSettings(FlagValues):
     data_date: str
 
 
-def search_trial(args, train_fn, parent_run_id: str | None, config: dict, trial_id: str,
-                 output_dir: Path, worker_resources: dict) -> None:
+def search_trial(
+    args,
+    train_fn,
+    parent_run_id: str | None,
+    config: dict,
+    trial_id: str,
+    output_dir: Path,
+    worker_resources: dict,
+) -> None:
     """One trial of a search: ``train_fn`` with the trial's values in place of the
     flags', writing into its own folder, tracked as a child of the search's run.
     With --workers_per_trial > 1 it runs as a Ray Train DDP job of that many
     processes, each taking ``worker_resources``."""
     # A trial that Ray restarts (tune.FailureConfig) continues from its own checkpoint.
-    trial_args = argparse.Namespace(**{**vars(args), **config, "output_dir": output_dir,
-                                       "resume": "auto"})
+    trial_args = argparse.Namespace(
+        **{**vars(args), **config, "output_dir": output_dir, "resume": "auto"}
+    )
     storage_path = output_dir.parent.parent / "train"
     tracking = TrackingSettings.pick(vars(trial_args))
-    with mlflow_run(tracking, vars(trial_args), parent_run_id=parent_run_id,
-                    tags={"ray_trial_id": trial_id}) as mlflow_run_id:
-        run_trial_job(partial(train_fn, trial_args, mlflow_run_id=mlflow_run_id),
-                      args.workers_per_trial, worker_resources, trial_id, storage_path)
+    with mlflow_run(
+        tracking, vars(trial_args), parent_run_id=parent_run_id, tags={"ray_trial_id": trial_id}
+    ) as mlflow_run_id:
+        run_trial_job(
+            partial(train_fn, trial_args, mlflow_run_id=mlflow_run_id),
+            args.workers_per_trial,
+            worker_resources,
+            trial_id,
+            storage_path,
+        )
 
 
-def run_trial_job(job, workers: int, worker_resources: dict, name: str,
-                  storage_path: Path) -> None:
+def run_trial_job(job, workers: int, worker_resources: dict, name: str, storage_path: Path) -> None:
     """job(world) in this process, or with ``workers`` > 1 as a Ray Train DDP job."""
     import torch
 
@@ -225,8 +281,9 @@ def run_trial_job(job, workers: int, worker_resources: dict, name: str,
         run_ray_train_job(job, workers, worker_resources, name, storage_path)
 
 
-def run_ray_train_job(job, workers: int, worker_resources: dict, name: str,
-                      storage_path: Path) -> None:
+def run_ray_train_job(
+    job, workers: int, worker_resources: dict, name: str, storage_path: Path
+) -> None:
     """job(world) on ``workers`` Ray Train processes, one DDP job; Ray creates the
     process group, and each process its world on it."""
     import torch
@@ -242,17 +299,26 @@ def run_ray_train_job(job, workers: int, worker_resources: dict, name: str,
     TorchTrainer(
         worker,
         scaling_config=train.ScalingConfig(
-            num_workers=workers, use_gpu="GPU" in worker_resources,
-            resources_per_worker=worker_resources),
+            num_workers=workers,
+            use_gpu="GPU" in worker_resources,
+            resources_per_worker=worker_resources,
+        ),
         run_config=train.RunConfig(
-            name=f"train-{name}", storage_path=str(storage_path),
+            name=f"train-{name}",
+            storage_path=str(storage_path),
             callbacks=[TuneReportCallback()],
-            logging_config=train.LoggingConfig(log_level="WARNING")),
+            logging_config=train.LoggingConfig(log_level="WARNING"),
+        ),
     ).fit()
 
 
-def run_search(run_trial, space: dict, search: SearchSettings,
-               tracking: TrackingSettings | None = None, parent_run_id: str | None = None) -> Path:
+def run_search(
+    run_trial,
+    space: dict,
+    search: SearchSettings,
+    tracking: TrackingSettings | None = None,
+    parent_run_id: str | None = None,
+) -> Path:
     """Run the trials, each ``run_trial(config, trial_id, output_dir, worker_resources)``
     (search_trial with the job's flags); print the table and save the best
     configuration, whose path is returned."""
@@ -266,8 +332,10 @@ def run_search(run_trial, space: dict, search: SearchSettings,
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
     except ImportError:
-        raise UsageError("--use_ray_tune needs Ray: pip install 'ray[default,tune,train]' "
-                         "(or pip install -e '.[ray]')") from None
+        raise UsageError(
+            "--use_ray_tune needs Ray: pip install 'ray[default,tune,train]' "
+            "(or pip install -e '.[ray]')"
+        ) from None
 
     # One folder per search, so results of earlier searches never mix in.
     search_name = f"tune_{search.data_date}_{datetime.now():%H%M%S}"
@@ -290,8 +358,9 @@ def run_search(run_trial, space: dict, search: SearchSettings,
         per_trial_cpu = driver_cpu + workers * worker["CPU"]
         concurrent = gpus // workers if gpus else int(cpus // per_trial_cpu)
     if concurrent < 1:
-        raise UsageError(f"--workers_per_trial {workers} needs {workers} GPUs per trial; "
-                         f"{gpus} are visible")
+        raise UsageError(
+            f"--workers_per_trial {workers} needs {workers} GPUs per trial; {gpus} are visible"
+        )
 
     def trial(config):  # Ray names the trials' folders trial_*
         trial_id = tune.get_context().get_trial_id()
@@ -299,12 +368,16 @@ def run_search(run_trial, space: dict, search: SearchSettings,
 
     tuner = tune.Tuner(
         tune.with_resources(trial, trial_resources),
-        param_space={key: getattr(tune, sampler)(**kwargs)
-                     for key, (sampler, kwargs) in space.items()},
+        param_space={
+            key: getattr(tune, sampler)(**kwargs) for key, (sampler, kwargs) in space.items()
+        },
         tune_config=tune.TuneConfig(
-            metric="valid_loss", mode="min", num_samples=search.num_samples,
+            metric="valid_loss",
+            mode="min",
+            num_samples=search.num_samples,
             max_concurrent_trials=concurrent,
-            scheduler=ASHAScheduler(max_t=search.epochs, grace_period=1)),
+            scheduler=ASHAScheduler(max_t=search.epochs, grace_period=1),
+        ),
         run_config=tune.RunConfig(name=search_name, storage_path=str(RESULTS_DIR), verbose=1),
     )
     results = tuner.fit()
@@ -314,7 +387,8 @@ def run_search(run_trial, space: dict, search: SearchSettings,
         failed = {result.metrics.get("trial_id") for result in results if result.error}
         close_child_runs(tracking, parent_run_id, failed)
         RunLogger(tracking.tracking_uri, parent_run_id, tracking.endpoint_url).log_artifact(
-            best_config)
+            best_config
+        )
     return best_config
 
 
@@ -327,10 +401,14 @@ def summarize(results, space: dict, data_dir: Path, data_date: str) -> Path:
         history = result.metrics_dataframe
         reported = history is not None and "valid_loss" in history
         best = history["valid_loss"].min() if reported else None
-        rows.append({**{key: result.config[key] for key in space},
-                     "best_valid_loss": best,
-                     "epochs": 0 if history is None else len(history),
-                     "error": type(result.error).__name__ if result.error else ""})
+        rows.append(
+            {
+                **{key: result.config[key] for key in space},
+                "best_valid_loss": best,
+                "epochs": 0 if history is None else len(history),
+                "error": type(result.error).__name__ if result.error else "",
+            }
+        )
     table = pd.DataFrame(rows).sort_values("best_valid_loss", na_position="last")
     print(table.to_string(index=False))
     finished = table.dropna(subset=["best_valid_loss"])
@@ -339,8 +417,10 @@ def summarize(results, space: dict, data_dir: Path, data_date: str) -> Path:
     best = {key: finished.iloc[0][key] for key in space}
     best = {key: value.item() if hasattr(value, "item") else value for key, value in best.items()}
     path = data_file(data_dir, "best_config", data_date, ".yaml")
-    text = (f"# best of {len(table)} trials: valid_loss {finished.iloc[0]['best_valid_loss']:.6g}\n"
-            f"# train with it: python main.py --config {path}\n" + yaml.safe_dump(best))
+    text = (
+        f"# best of {len(table)} trials: valid_loss {finished.iloc[0]['best_valid_loss']:.6g}\n"
+        f"# train with it: python main.py --config {path}\n" + yaml.safe_dump(best)
+    )
     write_atomically(path, lambda tmp: Path(tmp).write_text(text))
     print(f"best configuration: {best}\nsaved to {path}")
     return path

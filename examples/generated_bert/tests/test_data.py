@@ -23,8 +23,9 @@ def test_synthetic_writes_stratified_splits_and_the_label_names(tmp_path):
 
 def test_csv_with_quotes_commas_and_any_label_strings(tmp_path):
     csv = tmp_path / "reviews.csv"
-    rows = ['"He said ""great"", then left, happy",Thumbs Up'] * 10 + \
-           ['"Slow, cold, and late",thumbs-down :('] * 10
+    rows = ['"He said ""great"", then left, happy",Thumbs Up'] * 10 + [
+        '"Slow, cold, and late",thumbs-down :('
+    ] * 10
     csv.write_text("text,label\n" + "\n".join(rows) + "\n")
     prepare(tmp_path, "--csv", str(csv))
     names = json.loads((tmp_path / f"index_to_name_{DATE}.json").read_text())
@@ -38,14 +39,19 @@ REVIEWS = [("café au lait, très bon", "pos"), ("naïve and slow", "neg")] * 10
 
 
 def all_texts(data_dir):
-    return sorted(text for name in ("train", "valid", "test")
-                  for text in load_texts(data_dir, name, DATE)[0])
+    return sorted(
+        text for name in ("train", "valid", "test") for text in load_texts(data_dir, name, DATE)[0]
+    )
 
 
 @pytest.mark.parametrize(
     ("form", "encoding", "newline"),
-    [("plain UTF-8", "utf-8", "\n"), ("Excel CSV UTF-8: a byte-order mark", "utf-8-sig", "\n"),
-     ("Windows line endings", "utf-8", "\r\n"), ("Excel on Windows", "utf-8-sig", "\r\n")],
+    [
+        ("plain UTF-8", "utf-8", "\n"),
+        ("Excel CSV UTF-8: a byte-order mark", "utf-8-sig", "\n"),
+        ("Windows line endings", "utf-8", "\r\n"),
+        ("Excel on Windows", "utf-8-sig", "\r\n"),
+    ],
 )
 def test_utf8_with_or_without_bom_and_crlf_reads_the_same(tmp_path, form, encoding, newline):
     csv = tmp_path / "reviews.csv"
@@ -58,8 +64,10 @@ def test_utf8_with_or_without_bom_and_crlf_reads_the_same(tmp_path, form, encodi
 
 def test_latin1_is_named_with_its_fix_and_reads_with_encoding(tmp_path):
     csv = tmp_path / "reviews.csv"
-    csv.write_bytes(b"text,label\n" + "".join(
-        f'"{text}",{label}\n' for text, label in REVIEWS).encode("latin-1"))
+    csv.write_bytes(
+        b"text,label\n"
+        + "".join(f'"{text}",{label}\n' for text, label in REVIEWS).encode("latin-1")
+    )
     with pytest.raises(SystemExit) as exit_info:
         prepare(tmp_path, "--csv", str(csv))
     message = str(exit_info.value)
@@ -78,7 +86,10 @@ def test_rows_with_empty_text_are_skipped_and_counted(tmp_path, capsys):
     assert "skipped 3 rows with empty text" in capsys.readouterr().out
     assert all_texts(tmp_path) == sorted(text for text, _ in REVIEWS)
     assert load_data_info(tmp_path, DATE) == {
-        "source": str(csv.resolve()), "rows": len(REVIEWS), "skipped_rows": 3}
+        "source": str(csv.resolve()),
+        "rows": len(REVIEWS),
+        "skipped_rows": 3,
+    }
 
 
 def test_tab_separated_columns_with_other_names_are_renamed_with_names(tmp_path):

@@ -26,9 +26,22 @@ def args(tmp_path):
     texts, _ = load_texts(data_dir, "train", DATE)
     build_tiny_model(texts, load_label_names(data_dir, DATE), tmp_path / "tiny")
     model_args = ["--bert_type", str(tmp_path / "tiny"), "--lr", "1e-3"]
-    return ["--data_dir", str(data_dir), "--gpus", "0", "--epochs", "2", *model_args,
-            "--use_mlflow", "--tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--experiment", "tests", "--run_name", "tracked"]
+    return [
+        "--data_dir",
+        str(data_dir),
+        "--gpus",
+        "0",
+        "--epochs",
+        "2",
+        *model_args,
+        "--use_mlflow",
+        "--tracking_uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--experiment",
+        "tests",
+        "--run_name",
+        "tracked",
+    ]
 
 
 def test_a_tracked_run_ends_finished_with_losses_and_state_dicts(args):
@@ -40,8 +53,11 @@ def test_a_tracked_run_ends_finished_with_losses_and_state_dicts(args):
     assert run.data.params["epochs"] == "2"
     assert len(client.get_metric_history(run.info.run_id, "valid_loss")) == 2
     artifacts = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
-    assert {f"state_dict_e0_{DATE}.pt", f"state_dict_e1_{DATE}.pt",
-            f"loss_curve_{DATE}.png"} <= artifacts
+    assert {
+        f"state_dict_e0_{DATE}.pt",
+        f"state_dict_e1_{DATE}.pt",
+        f"loss_curve_{DATE}.png",
+    } <= artifacts
     # The README names only metrics that the run logs.
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme.split("## Tracking runs with MLflow")[1].split("\n## ")[0]
@@ -52,8 +68,12 @@ def test_a_tracked_run_ends_finished_with_losses_and_state_dicts(args):
 def test_get_state_dict_brings_back_the_trained_weights(args, tmp_path):
     entry_point.main(args)
     parsed = parse_args(args)
-    path = get_state_dict(TrackingSettings.pick(vars(parsed)), 1, tmp_path / "served",
-                          "attributes.run_name = 'tracked'")
+    path = get_state_dict(
+        TrackingSettings.pick(vars(parsed)),
+        1,
+        tmp_path / "served",
+        "attributes.run_name = 'tracked'",
+    )
     restored = torch.load(path, weights_only=True)
     trained = load_state_dict(parsed.data_dir, 1, DATE)
     assert restored.keys() == trained.keys()

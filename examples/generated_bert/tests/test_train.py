@@ -20,14 +20,26 @@ def setup(tmp_path_factory):
     prepare_data(["--synthetic", "--rows", "600", "--data_dir", str(data_dir), "--data_date", DATE])
     from generated_bert.data import load_texts
 
-    model_dir = build_tiny_model(load_texts(data_dir, "train", DATE)[0],
-                                 load_label_names(data_dir, DATE), data_dir / "tiny")
+    model_dir = build_tiny_model(
+        load_texts(data_dir, "train", DATE)[0], load_label_names(data_dir, DATE), data_dir / "tiny"
+    )
     return data_dir, model_dir
 
 
 def run(data_dir, model_dir, *args):
-    entry_point.main(["--data_dir", str(data_dir), "--gpus", "0", "--bert_type", str(model_dir),
-                      "--lr", "1e-3", *args])
+    entry_point.main(
+        [
+            "--data_dir",
+            str(data_dir),
+            "--gpus",
+            "0",
+            "--bert_type",
+            str(model_dir),
+            "--lr",
+            "1e-3",
+            *args,
+        ]
+    )
 
 
 def test_training_learns_and_writes_the_report(setup, capsys):
@@ -41,8 +53,10 @@ def test_training_learns_and_writes_the_report(setup, capsys):
 
     curve = imread(data_dir / f"loss_curve_{DATE}.png")  # a real PNG of the documented size
     assert curve.shape[:2] == (400, 600) and curve.std() > 0
-    valid = [float(line.split(",")[2])
-             for line in (data_dir / f"metrics_{DATE}.csv").read_text().splitlines()[1:]]
+    valid = [
+        float(line.split(",")[2])
+        for line in (data_dir / f"metrics_{DATE}.csv").read_text().splitlines()[1:]
+    ]
     assert valid[-1] < valid[0]
 
 
@@ -50,8 +64,9 @@ def test_saved_bert_model_gives_the_trained_logits(setup, tmp_path):
     data_dir, model_dir = setup
     run(data_dir, model_dir, "--epochs", "1")
     labels = load_label_names(data_dir, DATE)
-    saved = save_bert_model(str(model_dir), labels, data_dir / f"state_dict_e0_{DATE}.pt",
-                            tmp_path / "saved")
+    saved = save_bert_model(
+        str(model_dir), labels, data_dir / f"state_dict_e0_{DATE}.pt", tmp_path / "saved"
+    )
 
     from transformers import AutoModelForSequenceClassification
 
@@ -79,8 +94,9 @@ def test_texts_prepared_again_under_the_same_date_are_tokenized_again(tmp_path):
     prepare_data(["--synthetic", "--rows", "300", "--data_dir", str(data_dir), "--data_date", DATE])
     from generated_bert.data import load_texts
 
-    model_dir = build_tiny_model(load_texts(data_dir, "train", DATE)[0],
-                                 load_label_names(data_dir, DATE), tmp_path / "tiny")
+    model_dir = build_tiny_model(
+        load_texts(data_dir, "train", DATE)[0], load_label_names(data_dir, DATE), tmp_path / "tiny"
+    )
     tokenizer = get_tokenizer(str(model_dir))
     assert len(load_encoded_split(data_dir, DATE, "train", tokenizer, 128)["labels"]) == 240
     csv_file = tmp_path / "two_labels.csv"

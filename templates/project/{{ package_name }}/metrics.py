@@ -20,7 +20,7 @@ class SmoothedLoss:
 
     @property
     def value(self) -> float:
-        return self.average / (1 - self.beta ** self.count)
+        return self.average / (1 - self.beta**self.count)
 
 
 def hms(seconds: float) -> str:

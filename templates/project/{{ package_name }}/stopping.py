@@ -33,8 +33,10 @@ class Stopped(Exception):  # noqa: N818 (not an error: the run did as asked)
 
 def stopped_at(number: int, where: str, checkpoint) -> str:
     """What a run stopped by signal ``number`` says: where, and how to go on."""
-    return (f"stopped by {signal.Signals(number).name} {where}; the checkpoint is "
-            f"{checkpoint}: continue with --resume")
+    return (
+        f"stopped by {signal.Signals(number).name} {where}; the checkpoint is "
+        f"{checkpoint}: continue with --resume"
+    )
 
 
 def received() -> int:
@@ -69,6 +71,7 @@ def signals_recorded():
 
 def signals_forwarded(pids: list[int]):
     """Pass SIGTERM and SIGINT on to the processes ``pids``, inside the block."""
+
     def forward(number, frame):
         _record(number, frame)
         for pid in pids:
@@ -76,4 +79,5 @@ def signals_forwarded(pids: list[int]):
                 os.kill(pid, number)
             except ProcessLookupError:
                 pass  # already gone
+
     return _handled(forward)

@@ -45,7 +45,8 @@ def column_names(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",")]
     if not all(names) or len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(
-            f"must be distinct comma-separated names such as user,item,rating, got {text}")
+            f"must be distinct comma-separated names such as user,item,rating, got {text}"
+        )
     return names
 
 
@@ -55,28 +56,47 @@ def encoding_name(text: str) -> str:
         codecs.lookup(text)
     except LookupError:
         raise argparse.ArgumentTypeError(
-            f"must be a text encoding such as utf-8, latin-1 or cp1252, got {text}") from None
+            f"must be a text encoding such as utf-8, latin-1 or cp1252, got {text}"
+        ) from None
     return text
 
 
 def add_table_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """--sep, --names and --encoding: for a file whose layout detection gets wrong."""
     group = parser.add_argument_group("reading the file (detected when not given)")
-    group.add_argument("--sep", type=separator, default=None,
-                       help="column separator, such as ';', '\\t' or '::' "
-                            "(default: detected among , tab ; | ::)")
-    group.add_argument("--names", type=column_names, default=None, metavar="NAME,...",
-                       help="a name for each column, in order; they replace the header line, "
-                            "which is the first line unless it holds only numbers")
-    group.add_argument("--encoding", type=encoding_name, default=DEFAULT_ENCODING,
-                       help="the file's text encoding, such as latin-1 or cp1252 "
-                            "(default: UTF-8, with or without a byte-order mark)")
+    group.add_argument(
+        "--sep",
+        type=separator,
+        default=None,
+        help="column separator, such as ';', '\\t' or '::' (default: detected among , tab ; | ::)",
+    )
+    group.add_argument(
+        "--names",
+        type=column_names,
+        default=None,
+        metavar="NAME,...",
+        help="a name for each column, in order; they replace the header line, "
+        "which is the first line unless it holds only numbers",
+    )
+    group.add_argument(
+        "--encoding",
+        type=encoding_name,
+        default=DEFAULT_ENCODING,
+        help="the file's text encoding, such as latin-1 or cp1252 "
+        "(default: UTF-8, with or without a byte-order mark)",
+    )
     return parser
 
 
-def read_table(path: Path, *, sep: str | None = None, names: list[str] | None = None,
-               encoding: str = DEFAULT_ENCODING, headerless_names: tuple[str, ...] = (),
-               as_text: bool = False):
+def read_table(
+    path: Path,
+    *,
+    sep: str | None = None,
+    names: list[str] | None = None,
+    encoding: str = DEFAULT_ENCODING,
+    headerless_names: tuple[str, ...] = (),
+    as_text: bool = False,
+):
     """The rows of a delimited text file as a DataFrame, indexed by their line in the file.
 
     sep: the column separator; detected when None.
@@ -108,7 +128,7 @@ def read_table(path: Path, *, sep: str | None = None, names: list[str] | None = 
                     f"only numbers), so its {len(first_fields)} columns cannot be told apart; "
                     "add a header line, or pass --names with a name for each column"
                 )
-            names = list(headerless_names[:len(first_fields)])
+            names = list(headerless_names[: len(first_fields)])
         if names is not None and len(names) != len(first_fields):
             raise DataError(
                 f"--names gives {len(names)} names, but {path} has {len(first_fields)} "
@@ -118,10 +138,14 @@ def read_table(path: Path, *, sep: str | None = None, names: list[str] | None = 
         # pandas reads a separator longer than one character as a regular expression,
         # and only with its python engine.
         frame = pd.read_csv(
-            path, sep=sep if len(sep) == 1 else re.escape(sep),
+            path,
+            sep=sep if len(sep) == 1 else re.escape(sep),
             engine="c" if len(sep) == 1 else "python",
-            header=0 if has_header else None, names=names, encoding=encoding,
-            dtype=str if as_text else None, keep_default_na=not as_text,
+            header=0 if has_header else None,
+            names=names,
+            encoding=encoding,
+            dtype=str if as_text else None,
+            keep_default_na=not as_text,
         )
     except UnicodeDecodeError as error:
         raise DataError(_undecodable_message(path, encoding, error)) from None
@@ -179,7 +203,9 @@ def _undecodable_message(path: Path, encoding: str, error: UnicodeDecodeError) -
             try:
                 raw.decode(encoding)
             except UnicodeDecodeError as line_error:
-                return (f"{path} line {number} (byte {offset + line_error.start}): "
-                        f"0x{raw[line_error.start]:02x} is not {shown} text; {fix}")
+                return (
+                    f"{path} line {number} (byte {offset + line_error.start}): "
+                    f"0x{raw[line_error.start]:02x} is not {shown} text; {fix}"
+                )
             offset += len(raw)
     return f"{path} is not {shown} text ({error.reason}); {fix}"

@@ -43,10 +43,13 @@ def torchrun_store(timeout: timedelta) -> dist.Store | None:
         return None
     hosted_by_torchrun = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
         int(os.environ["WORLD_SIZE"]),
         is_master=not hosted_by_torchrun and os.environ["RANK"] == "0",
-        timeout=timeout, multi_tenant=True)
+        timeout=timeout,
+        multi_tenant=True,
+    )
     return dist.PrefixStore(f"restart_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
@@ -78,8 +81,11 @@ def joined_world(gpu: int | None):
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=timeout,
             device_id=device if device.type == "cuda" else None,
-            **({"store": store, "rank": int(os.environ["RANK"]), "world_size": world_size}
-               if store else {}),
+            **(
+                {"store": store, "rank": int(os.environ["RANK"]), "world_size": world_size}
+                if store
+                else {}
+            ),
         )
     try:
         yield World(
