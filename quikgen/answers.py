@@ -14,6 +14,18 @@ BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
             "false": False, "no": False, "off": False, "0": False}
 
 
+# Questions a newer template asks in another form: the question, and the answer to give.
+REPLACED = {"use_mlflow": ("tracker", "tracker=mlflow (or none, tensorboard, wandb)")}
+
+
+def choice_values(question: dict) -> list[str]:
+    """The values a question with choices accepts (copier's list or label: value forms)."""
+    choices = question.get("choices") or []
+    if isinstance(choices, dict):
+        return [str(value) for value in choices.values()]
+    return [str(choice[1] if isinstance(choice, list | tuple) else choice) for choice in choices]
+
+
 def parse_data(pairs: list[str], questions: dict[str, dict] | None) -> dict:
     """--data KEY=VALUE pairs as answers, checked against ``questions`` when the
     template's questions are known: copier ignores an unknown key without a word."""
@@ -21,11 +33,18 @@ def parse_data(pairs: list[str], questions: dict[str, dict] | None) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise QuikgenError(f"--data {pair!r} is not KEY=VALUE; write it like --data use_mlflow=true")
+            raise QuikgenError(f"--data {pair!r} is not KEY=VALUE; write it like --data tracker=mlflow")
         if questions is not None:
-            if key not in questions:
+            if key not in questions and key in REPLACED:
+                question, answer = REPLACED[key]
+                raise QuikgenError(f"--data {key}: the template now asks this as {question}; "
+                                   f"write --data {answer}")
+            if key not in questions or questions[key].get("when") is False:
+                asked = [name for name, question in questions.items() if question.get("when") is not False]
                 raise QuikgenError(f"--data {key}: the template asks no such question; "
-                                   f"it asks {', '.join(questions)}")
+                                   f"it asks {', '.join(asked)}")
+            if (values := choice_values(questions[key])) and value not in values:
+                raise QuikgenError(f"--data {pair}: {key} is one of {', '.join(values)}")
             if questions[key].get("type") == "bool":
                 if value.lower() not in BOOLEANS:
                     raise QuikgenError(f"--data {pair}: answer {key}=true or {key}=false")

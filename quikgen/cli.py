@@ -65,7 +65,7 @@ def new(
 def update(
     dest: Annotated[Path, typer.Argument(help="The generated project to update.")] = Path("."),
     data: Annotated[list[str], typer.Option(
-        "--data", "-d", help="Change an answer: KEY=VALUE (repeatable), e.g. use_mlflow=true.")] = [],  # noqa: B006
+        "--data", "-d", help="Change an answer: KEY=VALUE (repeatable), e.g. tracker=mlflow.")] = [],  # noqa: B006
     check: Annotated[bool, typer.Option(
         "--check", help="Only say whether a newer template exists: exit 2 if so, 0 if not.")] = False,
 ) -> None:

@@ -182,7 +182,9 @@ def test_a_changed_template_gets_a_new_tag_and_an_unchanged_one_reuses_it(tmp_pa
         (["--data", "package_name=torch"], "would shadow the module of that name"),
         (["--data", "package_name"], "--data 'package_name' is not KEY=VALUE"),
         (["--data", "use_mlfow=true"], "--data use_mlfow: the template asks no such question"),
-        (["--data", "use_mlflow=maybe"], "answer use_mlflow=true or use_mlflow=false"),
+        (["--data", "use_serve=maybe"], "answer use_serve=true or use_serve=false"),
+        (["--data", "tracker=neptune"], "tracker is one of none, mlflow, tensorboard, wandb"),
+        (["--data", "use_mlflow=true"], "the template now asks this as tracker; write --data tracker=mlflow"),
         (["--kind", "gan"], "unknown kind 'gan'; choose one of: recommender, bert"),
     ],
 )

@@ -18,7 +18,7 @@ ANSWERS = {
     "project_name": "generated-bert",
     "package_name": "generated_bert",
     "kind": "bert",
-    "use_mlflow": True,
+    "tracker": "mlflow",
     "use_ray_tune": True,
     "use_serve": True,
     "author": "quikgen",

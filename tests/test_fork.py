@@ -9,18 +9,21 @@ import sys
 import tarfile
 from pathlib import Path
 
+import copier
 import pytest
 import yaml
 
 from quikgen import __version__
 from quikgen.source import publish, source_dir
 
-from .conftest import IDENTITY, REPO, commit_all, git, python, quikgen, run
+from .conftest import IDENTITY, REPO, commit_all, edit, git, python, quikgen, run
 
 # The last release before copier.yml moved to the repository's root, and its commit in
 # main's history: a clone does not always carry the tag (CI's does not), the commit it does.
 PREVIOUS = "v0.1.0"
 PREVIOUS_COMMIT = "7660999f43f9a8eaff8196fafd1c12bafdfcb2be"
+# The last release whose projects answered use_mlflow, before the tracker question.
+RELEASE_0_2_0 = "5016cacc457ba03b70b08ee1a47a03119cb2e6e8"
 USER_LINE = "# our team's note\n"
 
 
@@ -36,14 +39,14 @@ def commit_and_tag(repo: Path, tag: str) -> Path:
     return repo
 
 
-def previous_release(dest: Path) -> Path:
-    """The repository's files at PREVIOUS, unpacked into ``dest``."""
-    if run("git", "cat-file", "-e", f"{PREVIOUS_COMMIT}^{{commit}}", cwd=REPO, check=False).returncode:
-        pytest.fail(f"the repository lacks {PREVIOUS}'s commit {PREVIOUS_COMMIT[:7]} (a shallow "
-                    f"clone?); run git fetch --unshallow")
+def previous_release(dest: Path, commit: str = PREVIOUS_COMMIT) -> Path:
+    """The repository's files at an earlier release's ``commit``, unpacked into ``dest``."""
+    if run("git", "cat-file", "-e", f"{commit}^{{commit}}", cwd=REPO, check=False).returncode:
+        pytest.fail(f"the repository lacks the release commit {commit[:7]} (a shallow clone?); "
+                    "run git fetch --unshallow")
     dest.mkdir(parents=True)
     archive = dest.with_suffix(".tar")
-    git(REPO, "archive", "--format=tar", "-o", str(archive), PREVIOUS_COMMIT)
+    git(REPO, "archive", "--format=tar", "-o", str(archive), commit)
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data") if sys.version_info >= (3, 12) else tar.extractall(dest)
     archive.unlink()
@@ -158,7 +161,7 @@ def test_a_project_from_the_previous_release_updates_across_the_layout_change(tm
 
     result = quikgen("update", str(project))
     assert result.exit_code == 0, result.output
-    assert answers(project)["_commit"] == f"v{__version__}" == "v0.2.0"
+    assert answers(project)["_commit"] == f"v{__version__}" == "v0.3.0"
     assert (project / "main.py").read_text().endswith(USER_LINE)
     assert git(project, "diff", "--name-only", "--diff-filter=U") == ""
     marked = run("git", "grep", "--untracked", "-l", "-e", "^<<<<<<< ", "-e", "^>>>>>>> ",
@@ -175,3 +178,49 @@ def test_a_project_from_the_previous_release_updates_across_the_layout_change(tm
     run(sys.executable, "-m", "copier", "update", "--defaults", cwd=twin)
     assert answers(twin)["_commit"] == f"v{__version__}"
     assert (twin / "main.py").read_text() == (project / "main.py").read_text()
+
+
+def test_a_0_2_0_project_with_mlflow_keeps_its_edits_and_switches_tracker(tmp_path, monkeypatch):
+    """quikgen 0.2.0 asked use_mlflow; 0.3.0 asks tracker. A project that answered
+    use_mlflow: true updates to tracker: mlflow, or to the tracker --data names."""
+    monkeypatch.setenv("QUIKGEN_HOME", str(tmp_path / "home"))
+    old = previous_release(tmp_path / "quikgen-0.2.0", RELEASE_0_2_0)
+    src, tag = publish("0.2.0", old)
+    project = tmp_path / "tracked"
+    copier.run_copy(str(src), project, data={"project_name": "tracked", "use_mlflow": True},
+                    vcs_ref=tag, defaults=True, quiet=True)
+    assert answers(project)["use_mlflow"] is True and "tracker" not in answers(project)
+    git(project, "init", "-q", "-b", "main")
+    commit_all(project, "generated with quikgen 0.2.0")
+    with open(project / "main.py", "a") as main:
+        main.write(USER_LINE)
+    edit(project / "tracked" / "train.py", "    model = task.build_model().to(world.device)",
+         "    model = task.build_model().to(world.device)  # my model wiring")
+    commit_all(project)
+    twin = tmp_path / "twin"
+    shutil.copytree(project, twin)
+
+    # No answer given: the recorded use_mlflow picks the tracker.
+    result = quikgen("update", str(twin))
+    assert result.exit_code == 0, result.output
+    assert answers(twin)["tracker"] == "mlflow" and "use_mlflow" not in answers(twin)
+    assert "def open_run" in (twin / "tracked" / "tracking.py").read_text()
+    assert "MlflowClient" in (twin / "tracked" / "tracking.py").read_text()
+
+    result = quikgen("update", str(project), "--data", "tracker=tensorboard")
+    assert result.exit_code == 0, result.output
+    recorded = answers(project)
+    assert recorded["tracker"] == "tensorboard" and "use_mlflow" not in recorded
+    assert recorded["_commit"] == f"v{__version__}"
+    assert "SummaryWriter" in (project / "tracked" / "tracking.py").read_text()
+    for path in ("main.py", "tracked/train.py", "tracked/cli.py", "tracked/tracking.py",
+                 "pyproject.toml", ".gitignore"):
+        assert "mlflow" not in (project / path).read_text().lower(), path
+    assert (project / "main.py").read_text().endswith(USER_LINE)
+    assert "# my model wiring" in (project / "tracked" / "train.py").read_text()
+    assert git(project, "diff", "--name-only", "--diff-filter=U") == ""
+    run("ruff", "check", "--no-cache", ".", cwd=project)
+    python(project, "-m", "tracked.data", "--synthetic", "--rows", "2000")
+    python(project, "main.py", "--epochs", "1", "--gpus", "0", "--use_tensorboard",
+           "--run_name", "switched")
+    assert list((project / "runs" / "switched").glob("events.out.tfevents.*"))

@@ -27,7 +27,7 @@ ROWS = "4000"  # 3,200 training rows: 4 steps per epoch at --bs 1024
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     dest = tmp_path_factory.mktemp("mlflow") / "tracked"
-    result = quikgen("new", str(dest), "--defaults", "--data", "use_mlflow=true")
+    result = quikgen("new", str(dest), "--defaults", "--data", "tracker=mlflow")
     assert result.exit_code == 0, result.output
     python(dest, "-m", "tracked.data", "--synthetic", "--rows", ROWS, "--users", "50",
            "--items", "40", "--data_date", DATE)

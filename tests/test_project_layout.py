@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import quikgen
 
-EVERY_FEATURE = ["--data", "use_mlflow=true", "--data", "use_ray_tune=true",
+EVERY_FEATURE = ["--data", "tracker=mlflow", "--data", "use_ray_tune=true",
                  "--data", "use_serve=true"]
 # The functions that may take the whole argparse namespace: main.py's, the loop,
 # and a search's trial (which trains with the trial's values in place of the flags').

@@ -38,7 +38,7 @@ def new_project(dest: Path, *data: str) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("data", [(), ("kind=bert", "use_mlflow=true", "use_ray_tune=true",
+@pytest.mark.parametrize("data", [(), ("kind=bert", "tracker=mlflow", "use_ray_tune=true",
                                        "use_serve=true")], ids=["defaults", "bert-everything"])
 def test_the_workflow_passes_actionlint(tmp_path, actionlint, data):
     project = new_project(tmp_path / "demo", *data)
@@ -60,7 +60,7 @@ def workflow_steps(project: Path) -> list[dict]:
 def test_the_workflows_steps_pass_when_run_here(tmp_path):
     """Every step of the workflow, in order, in a fresh virtual environment: checkout is the
     project as rendered, setup-python is the venv, each `run:` runs as GitHub runs it."""
-    project = new_project(tmp_path / "demo", "use_mlflow=true")
+    project = new_project(tmp_path / "demo", "tracker=mlflow")
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     env = {"PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(venv)}
@@ -83,7 +83,7 @@ def test_the_workflows_steps_pass_when_run_here(tmp_path):
 
 @pytest.mark.slow
 def test_pre_commit_passes_a_fresh_project_as_rendered(tmp_path):
-    project = new_project(tmp_path / "demo", "kind=bert", "use_mlflow=true", "use_ray_tune=true",
+    project = new_project(tmp_path / "demo", "kind=bert", "tracker=mlflow", "use_ray_tune=true",
                           "use_serve=true")
     result = run(sys.executable, "-m", "pre_commit", "run", "--all-files", "--show-diff-on-failure",
                  cwd=project, check=False, timeout=900)

@@ -20,7 +20,7 @@ DATE = "20240131"
 def project(tmp_path_factory):
     dest = tmp_path_factory.mktemp("tune") / "tuned"
     result = quikgen("new", str(dest), "--defaults", "--data", "use_ray_tune=true",
-                     "--data", "use_mlflow=true")
+                     "--data", "tracker=mlflow")
     assert result.exit_code == 0, result.output
     python(dest, "-m", "tuned.data", "--synthetic", "--rows", "6000", "--users", "100",
            "--items", "80", "--data_date", DATE)

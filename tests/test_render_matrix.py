@@ -18,17 +18,22 @@ BASE = {"project_name": "demo-project", "package_name": "demo_project"}
 VALID = [
     # (id, answers, run the project's own tests)
     ("recommender", {"kind": "recommender"}, True),
-    ("recommender-mlflow", {"kind": "recommender", "use_mlflow": True}, True),
+    ("recommender-mlflow", {"kind": "recommender", "tracker": "mlflow"}, True),
+    ("recommender-tensorboard", {"kind": "recommender", "tracker": "tensorboard"}, True),
+    ("bert-wandb", {"kind": "bert", "tracker": "wandb"}, True),
+    ("recommender-wandb-tune", {"kind": "recommender", "tracker": "wandb", "use_ray_tune": True}, False),
+    ("bert-tensorboard-tune-serve", {"kind": "bert", "tracker": "tensorboard", "use_ray_tune": True,
+                                     "use_serve": True}, False),
     ("bert", {"kind": "bert"}, True),
-    ("bert-mlflow", {"kind": "bert", "use_mlflow": True}, False),
+    ("bert-mlflow", {"kind": "bert", "tracker": "mlflow"}, False),
     ("recommender-tune", {"kind": "recommender", "use_ray_tune": True}, False),
-    ("recommender-mlflow-tune", {"kind": "recommender", "use_mlflow": True, "use_ray_tune": True}, False),
-    ("bert-mlflow-tune", {"kind": "bert", "use_mlflow": True, "use_ray_tune": True}, False),
+    ("recommender-mlflow-tune", {"kind": "recommender", "tracker": "mlflow", "use_ray_tune": True}, False),
+    ("bert-mlflow-tune", {"kind": "bert", "tracker": "mlflow", "use_ray_tune": True}, False),
     ("recommender-serve", {"kind": "recommender", "use_serve": True}, False),
     ("bert-serve", {"kind": "bert", "use_serve": True}, False),
-    ("bert-everything", {"kind": "bert", "use_mlflow": True, "use_ray_tune": True,
+    ("bert-everything", {"kind": "bert", "tracker": "mlflow", "use_ray_tune": True,
                          "use_serve": True}, True),
-    ("recommender-everything", {"kind": "recommender", "use_mlflow": True, "use_ray_tune": True,
+    ("recommender-everything", {"kind": "recommender", "tracker": "mlflow", "use_ray_tune": True,
                                 "use_serve": True}, False),
     ("recommender-free-text", {
         "kind": "recommender", "author": 'Ann "The Quoter" O\'Neil\\',
@@ -42,9 +47,14 @@ INVALID = [
     ({"project_name": "9lives"}, "must start with a letter"),
 ]
 
+# What each tracker leaves in a project; the trackers not chosen must leave none of it.
+TRACKER_TRACES = {
+    "mlflow": re.compile(r"mlflow", re.IGNORECASE),
+    "tensorboard": re.compile(r"tensorboard|SummaryWriter", re.IGNORECASE),
+    "wandb": re.compile(r"wandb|W&B", re.IGNORECASE),
+}
 # What each feature leaves in a project; a feature that is off must leave none of it.
 FEATURE_TRACES = {
-    "use_mlflow": re.compile(r"mlflow", re.IGNORECASE),
     # world.py documents that train() also runs under Ray Train; no import may remain.
     "use_ray_tune": re.compile(r"^\s*(import ray|from ray)|tune\.yaml|use_ray_tune", re.MULTILINE),
     # hf.get_bert_info documents TorchServe's setup_config; no import, archiver or serve/ may remain.
@@ -72,12 +82,16 @@ def test_valid_answers_render_lint_clean_compiling_code(tmp_path, answers, runs_
         text = path.read_text()
         leftover = JINJA_LEFTOVER.search(ACTIONS_EXPRESSION.sub("", text.replace(USER_JINJA, "")))
         assert leftover is None, f"{path}: leftover template syntax {leftover.group()!r}"
-    for feature, trace in FEATURE_TRACES.items():
-        if not answers.get(feature):
-            # Code and configuration only: the README may say how to turn the feature on.
-            for path in files:
-                if path.suffix in (".py", ".toml", ".yaml", ".cfg") or path.name == ".gitignore":
-                    assert not trace.search(path.read_text()), f"{feature} is off but {path} mentions it"
+    traces = {feature: trace for feature, trace in FEATURE_TRACES.items() if not answers.get(feature)}
+    traces.update({tracker: trace for tracker, trace in TRACKER_TRACES.items()
+                   if answers.get("tracker", "none") != tracker})
+    # Code and configuration only: the README may say how to turn a feature on, and the
+    # answers file records every answer.
+    configuration = [path for path in files if path.name != ".copier-answers.yml" and (
+        path.suffix in (".py", ".toml", ".yaml", ".yml", ".cfg") or path.name == ".gitignore")]
+    for feature, trace in traces.items():
+        for path in configuration:
+            assert not trace.search(path.read_text()), f"{feature} is off but {path} mentions it"
     if "description" in answers:  # free text comes out verbatim, never evaluated
         assert answers["description"] in (project / "README.md").read_text()
     assert compileall.compile_dir(project, quiet=1)

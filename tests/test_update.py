@@ -159,24 +159,32 @@ def test_a_feature_toggles_on_and_off_in_an_edited_project(tmp_path):
          "    model = task.build_model().to(world.device)  # my model wiring")
     commit_all(project)
 
-    result = quikgen("update", str(project), "--data", "use_mlflow=true")
+    result = quikgen("update", str(project), "--data", "tracker=mlflow")
     assert result.exit_code == 0, result.output
-    assert (project / "toggle" / "tracking.py").is_file()
+    assert "MlflowClient" in (project / "toggle" / "tracking.py").read_text()
     main = (project / "main.py").read_text()
-    assert "mlflow_run(" in main and "# as a shell would" in main
-    assert "add_mlflow_args(parser)" in (project / "toggle" / "cli.py").read_text()
+    assert "open_run(" in main and "# as a shell would" in main
+    assert "add_tracking_args(parser)" in (project / "toggle" / "cli.py").read_text()
     train = (project / "toggle" / "train.py").read_text()
     assert "RunLogger" in train and "# my model wiring" in train
     run("ruff", "check", "--no-cache", ".", cwd=project)
     python(project, "main.py", "--help")
     commit_all(project, "turn MLflow on")
 
-    result = quikgen("update", str(project), "--data", "use_mlflow=false")
+    # One tracker for another: the tracker's module changes, the loop's calls do not.
+    result = quikgen("update", str(project), "--data", "tracker=wandb")
+    assert result.exit_code == 0, result.output
+    assert "wandb.init(" in (project / "toggle" / "tracking.py").read_text()
+    assert "--use_wandb" in python(project, "main.py", "--help").stdout
+    assert "# my model wiring" in (project / "toggle" / "train.py").read_text()
+    commit_all(project, "W&B instead")
+
+    result = quikgen("update", str(project), "--data", "tracker=none")
     assert result.exit_code == 0, result.output
     assert not (project / "toggle" / "tracking.py").exists()
     main = (project / "main.py").read_text()
-    assert "mlflow" not in main.lower() and "# as a shell would" in main
-    assert "mlflow" not in (project / "toggle" / "cli.py").read_text()
+    assert "tracking" not in main.lower() and "# as a shell would" in main
+    assert "tracking" not in (project / "toggle" / "cli.py").read_text()
     train = (project / "toggle" / "train.py").read_text()
     assert "RunLogger" not in train and "# my model wiring" in train
     run("ruff", "check", "--no-cache", ".", cwd=project)

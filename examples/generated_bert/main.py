@@ -16,7 +16,7 @@ from generated_bert.checkpoints import checkpoint_path, load_checkpoint, resumes
 from generated_bert.cli import build_parser, parse_args
 from generated_bert.launch import launch
 from generated_bert.stopping import Stopped
-from generated_bert.tracking import TrackingSettings, mlflow_run
+from generated_bert.tracking import TrackingSettings, open_run
 from generated_bert.train import train
 from generated_bert.tune import SearchSettings, load_search_space, run_search, search_trial
 
@@ -42,21 +42,21 @@ def run(args) -> None:
         load_checkpoint(checkpoint, "cpu", args.epochs)
     # Checked before Ray starts, so a typo costs seconds, not a cluster start.
     space = load_search_space(args.tune_config, build_parser()) if args.use_ray_tune else None
-    # One MLflow run for the whole job, however many processes train in it (for a
-    # search: the parent of one run per trial); None without --use_mlflow.
+    # One MLflow run for the whole job, however many processes train in it
+    # (for a search: the parent of one run per trial); None without --use_mlflow.
     tracking = TrackingSettings.pick(vars(args))
-    with mlflow_run(tracking, vars(args), node_rank=args.nr) as mlflow_run_id:
+    with open_run(tracking, vars(args), node_rank=args.nr) as tracked_run:
         if args.use_ray_tune:
             run_search(
-                partial(search_trial, args, train, mlflow_run_id),
+                partial(search_trial, args, train, tracked_run),
                 space,
                 SearchSettings.pick(vars(args)),
                 tracking,
-                mlflow_run_id,
+                tracked_run,
             )
             return
         launch(
-            partial(train, args, mlflow_run_id=mlflow_run_id),
+            partial(train, args, tracked_run=tracked_run),
             gpus=args.gpus,
             procs=args.procs,
             nodes=args.nodes,

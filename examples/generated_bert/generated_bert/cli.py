@@ -9,7 +9,7 @@ from .args import UsageError, add_ddp_args, add_learn_args
 from .files import find_data_date
 from .model import add_model_args
 from .task import TRAINING_DEFAULTS
-from .tracking import add_mlflow_args
+from .tracking import add_tracking_args
 from .tune import add_ray_tune_args, load_config_file
 
 PREPARE_DATA = "python -m generated_bert.data --synthetic"
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ddp_args(parser)
     add_learn_args(parser, TRAINING_DEFAULTS)
     add_model_args(parser)
-    add_mlflow_args(parser)
+    add_tracking_args(parser)
     add_ray_tune_args(parser)
     return parser
 

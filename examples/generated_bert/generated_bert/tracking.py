@@ -1,5 +1,9 @@
 """MLflow tracking: one run per training job, logged by rank 0.
 
+main.py and train() call every tracker the same way: ``open_run`` in the launching
+process yields the job's run (a ``TrackedRun``), and ``RunLogger(tracking, run)`` in
+rank 0 logs metrics, tags and artifacts into it, then ``close()``.
+
     python main.py --use_mlflow                       # the embedded store: mlflow.db, mlruns/
     python main.py --use_mlflow --tracking_uri http://127.0.0.1:5000
     mlflow ui --backend-store-uri sqlite:///mlflow.db # look at the runs
@@ -31,6 +35,8 @@ from pathlib import Path
 from .args import PROJECT_DIR, FlagValues, UsageError, apply_defaults
 from .files import load_data_info
 
+# What open_run yields and RunLogger logs into: an MLflow run's id.
+TrackedRun = str
 PROJECT_KIND = "bert"
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
 MLFLOW_DEFAULTS = {
@@ -57,7 +63,7 @@ class TrackingSettings(FlagValues):
     endpoint_url: str | None
 
 
-def add_mlflow_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
+def add_tracking_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
     """Where and under which names runs are tracked."""
     group = parser.add_argument_group("mlflow")
     group.add_argument(
@@ -210,16 +216,18 @@ def close_child_runs(tracking: TrackingSettings, parent_run_id: str, failed: set
 
 
 @contextmanager
-def mlflow_run(
+def open_run(
     tracking: TrackingSettings,
     flags: dict,
     node_rank: int = 0,
-    parent_run_id: str | None = None,
+    parent: TrackedRun | None = None,
     tags: dict | None = None,
+    name: str | None = None,
 ):
-    """Create the job's run, with ``flags`` as its parameters; yield its id (None
-    without --use_mlflow, on a node other than node 0, or on a torchrun rank other
-    than 0); end it FINISHED, KILLED or FAILED."""
+    """Create the job's run, named ``name`` (default: --run_name, else MLflow picks),
+    a child of ``parent`` for a search's trial, with ``flags`` as its parameters;
+    yield its id (None without --use_mlflow, on a node other than node 0, or on a
+    torchrun rank other than 0); end it FINISHED, KILLED or FAILED."""
     # Each node of a --nodes job runs main.py once; under torchrun each rank does.
     if not tracking.use_mlflow or node_rank != 0 or os.environ.get("RANK", "0") != "0":
         yield None
@@ -230,9 +238,11 @@ def mlflow_run(
     tags = {"mlflow.user": tracking.user, "kind": PROJECT_KIND, **(tags or {})}
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    run_id = client.create_run(experiment_id, run_name=tracking.run_name, tags=tags).info.run_id
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run_id = client.create_run(
+        experiment_id, run_name=name or tracking.run_name, tags=tags
+    ).info.run_id
     params = [Param(key, value) for key, value in run_params(flags).items()]
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=params[start : start + 100])
@@ -255,10 +265,10 @@ class RunLogger:
     """Logs metrics and artifacts into an existing run. Metrics are buffered and
     sent in batches: one call per epoch instead of one per step."""
 
-    def __init__(self, tracking_uri: str, run_id: str, endpoint_url: str | None = None):
-        self.client = import_mlflow()(tracking_uri=tracking_uri)
-        self.run_id = run_id
-        self.endpoint_url = endpoint_url
+    def __init__(self, tracking: TrackingSettings, run: TrackedRun):
+        self.client = import_mlflow()(tracking_uri=tracking.tracking_uri)
+        self.run_id = run
+        self.endpoint_url = tracking.endpoint_url
         self.pending = []
 
     def log_metric(self, key: str, value: float, step: int) -> None:
@@ -293,6 +303,10 @@ class RunLogger:
                 self.client.log_artifact(self.run_id, str(path))
         except mlflow_errors() as error:
             warn(f"{path.name} not uploaded; it is kept in {path.parent}", error)
+
+    def close(self) -> None:
+        """Send what is pending; open_run ends the run in the launching process."""
+        self.flush()
 
 
 STATE_DICT_NAME = re.compile(r"^state_dict_e(?P<epoch>\w+)_(?P<date>\d{8})\.pt$")

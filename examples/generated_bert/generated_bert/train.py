@@ -45,7 +45,7 @@ from .metrics import (
 )
 from .stopping import Stopped, received, stopped_at
 from .task import Task, TaskSettings
-from .tracking import RunLogger
+from .tracking import RunLogger, TrackedRun, TrackingSettings
 from .tune import report_epoch
 from .world import (
     World,
@@ -148,7 +148,7 @@ def evaluate(model, task: Task, tensors, batch_size, world, autocast) -> float:
     return average_across_ranks(total, rows, world)
 
 
-def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
+def train(args, world: World, tracked_run: TrackedRun | None = None) -> list[dict]:
     torch.manual_seed(args.seed)
     # The data on the device, the model, its loss and its test report (task.py).
     task = Task(TaskSettings.pick(vars(args)), args.data_dir, args.data_date, world)
@@ -174,11 +174,8 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
     autocast = partial(torch.autocast, world.device.type, dtype=dtype, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
 
-    tracker = (
-        RunLogger(args.tracking_uri, mlflow_run_id, args.endpoint_url)
-        if world.is_logger and mlflow_run_id
-        else None
-    )
+    tracking = TrackingSettings.pick(vars(args))
+    tracker = RunLogger(tracking, tracked_run) if world.is_logger and tracked_run else None
 
     checkpoint_file = checkpoint_path(args.output_dir, args.data_date)
     # Where training starts: epoch first_epoch after first_step of its optimizer steps.
@@ -362,15 +359,16 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
                 args.data_date,
                 {**task.run_info, "best_epoch": best_epoch(metrics)},
             )
-        if args.use_ray_tune:  # a trial of a search: ASHA may stop it here
-            report_epoch(
-                {**metrics[-1], "world_size": world.world_size},
-                in_ray_train=args.workers_per_trial > 1,
-            )
         if tracker:
             tracker.log_metric("valid_loss", valid_loss, (epoch + 1) * steps_per_epoch)
             tracker.flush()
             tracker.log_artifact(state_dict_path(args.output_dir, epoch, args.data_date))
+        # A trial of a search: after the tracker has the epoch, as ASHA may stop it here.
+        if args.use_ray_tune:
+            report_epoch(
+                {**metrics[-1], "world_size": world.world_size},
+                in_ray_train=args.workers_per_trial > 1,
+            )
         # A stop signal during validation or saving: the epoch's checkpoint is whole.
         stop_signal = max_across_ranks(received(), world)
         if stop_signal and epoch + 1 < args.epochs:
@@ -414,4 +412,5 @@ def train(args, world: World, mlflow_run_id: str | None = None) -> list[dict]:
             *report_files,
         ]:
             tracker.log_artifact(path)
+        tracker.close()
     return metrics

@@ -26,7 +26,7 @@ import yaml
 
 from .args import PROJECT_DIR, FlagValues, UsageError, apply_defaults, positive_int
 from .files import data_file, write_atomically
-from .tracking import RunLogger, TrackingSettings, close_child_runs, mlflow_run
+from .tracking import RunLogger, TrackedRun, TrackingSettings, close_child_runs, open_run
 from .world import joined_world
 
 # sampler name -> the arguments it takes, as in ray.tune's functions of that name.
@@ -242,7 +242,7 @@ class SearchSettings(FlagValues):
 def search_trial(
     args,
     train_fn,
-    parent_run_id: str | None,
+    parent_run: TrackedRun | None,
     config: dict,
     trial_id: str,
     output_dir: Path,
@@ -258,11 +258,15 @@ def search_trial(
     )
     storage_path = output_dir.parent.parent / "train"
     tracking = TrackingSettings.pick(vars(trial_args))
-    with mlflow_run(
-        tracking, vars(trial_args), parent_run_id=parent_run_id, tags={"ray_trial_id": trial_id}
-    ) as mlflow_run_id:
+    with open_run(
+        tracking,
+        vars(trial_args),
+        parent=parent_run,
+        tags={"ray_trial_id": trial_id},
+        name=trial_id,
+    ) as tracked_run:
         run_trial_job(
-            partial(train_fn, trial_args, mlflow_run_id=mlflow_run_id),
+            partial(train_fn, trial_args, tracked_run=tracked_run),
             args.workers_per_trial,
             worker_resources,
             trial_id,
@@ -317,7 +321,7 @@ def run_search(
     space: dict,
     search: SearchSettings,
     tracking: TrackingSettings | None = None,
-    parent_run_id: str | None = None,
+    parent_run: TrackedRun | None = None,
 ) -> Path:
     """Run the trials, each ``run_trial(config, trial_id, output_dir, worker_resources)``
     (search_trial with the job's flags); print the table and save the best
@@ -383,12 +387,10 @@ def run_search(
     results = tuner.fit()
     ray.shutdown()
     best_config = summarize(results, space, search.data_dir, search.data_date)
-    if parent_run_id:
+    if parent_run:
         failed = {result.metrics.get("trial_id") for result in results if result.error}
-        close_child_runs(tracking, parent_run_id, failed)
-        RunLogger(tracking.tracking_uri, parent_run_id, tracking.endpoint_url).log_artifact(
-            best_config
-        )
+        close_child_runs(tracking, parent_run, failed)
+        RunLogger(tracking, parent_run).log_artifact(best_config)
     return best_config
 
 

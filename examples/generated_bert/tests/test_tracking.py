@@ -44,6 +44,12 @@ def args(tmp_path):
     ]
 
 
+def metrics_the_readme_names() -> set[str]:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Tracking runs with MLflow")[1].split("\n## ")[0]
+    return set(re.findall(r"`((?:train|valid|test)_\w+)`", section))
+
+
 def test_a_tracked_run_ends_finished_with_losses_and_state_dicts(args):
     entry_point.main(args)
     parsed = parse_args(args)
@@ -59,9 +65,7 @@ def test_a_tracked_run_ends_finished_with_losses_and_state_dicts(args):
         f"loss_curve_{DATE}.png",
     } <= artifacts
     # The README names only metrics that the run logs.
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("## Tracking runs with MLflow")[1].split("\n## ")[0]
-    named = set(re.findall(r"`((?:train|valid|test)_\w+)`", section))
+    named = metrics_the_readme_names()
     assert named and named <= set(run.data.metrics), named - set(run.data.metrics)
 
 
