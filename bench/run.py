@@ -158,32 +158,58 @@ def bert_minilm_bench(work: Path, size: dict, report: dict) -> None:
     report["bert_minilm_macro_f1_minus_hf"] = generated["macro_f1"] - hf["macro_f1"]
 
 
-def inference_bench(work: Path, report: dict) -> None:
-    project = render(work / "servebench", use_serve=True)
-    run(sys.executable, "-m", "servebench.data", "--synthetic", "--rows", 20_000, cwd=project)
-    run(sys.executable, "main.py", "--gpus", "0", "--epochs", "1", cwd=project)
-    run(sys.executable, "-m", "servebench.serve", "build", "--epoch", "0", cwd=project)
-    port = 18500
-    run(sys.executable, "-m", "servebench.serve", "start", "--port", port, cwd=project)
+SCORE_CODE = """
+import json, sys, time; sys.path.insert(0, '.')
+from servebench.api import batch_inference
+url = sys.argv[1]
+pairs = [{'user': u % 1000, 'item': u % 500} for u in range(2000)]
+batch_inference(pairs[:50], batch_size=10, url=url)  # warm up
+t = time.perf_counter(); batch_inference(pairs, batch_size=50, url=url)
+batched = time.perf_counter() - t
+t = time.perf_counter(); batch_inference(pairs[:500], batch_size=1, url=url)
+single = (time.perf_counter() - t) * 4
+print(json.dumps({'batched': 2000 / batched, 'one_per_request': 2000 / single}))
+"""
+
+
+def records_per_s(project: Path, port: int, *start_flags) -> dict:
+    """batch_inference's records/s against the project's server started with ``start_flags``:
+    50 records per request, 4 in flight; and one record per request."""
+    run(sys.executable, "-m", "servebench.serve", "start", "--port", port, *start_flags,
+        cwd=project)
     try:
-        code = (
-            "import json, sys, time; sys.path.insert(0, '.')\n"
-            "from servebench.api import batch_inference\n"
-            f"url = 'http://127.0.0.1:{port}/predictions/servebench'\n"
-            "pairs = [{'user': u % 1000, 'item': u % 500} for u in range(2000)]\n"
-            "batch_inference(pairs[:50], batch_size=10, url=url)  # warm up\n"
-            "t = time.perf_counter(); batch_inference(pairs, batch_size=50, url=url)\n"
-            "batched = time.perf_counter() - t\n"
-            "t = time.perf_counter(); batch_inference(pairs[:500], batch_size=1, url=url)\n"
-            "single = (time.perf_counter() - t) * 4\n"
-            "print(json.dumps({'batched_s': batched, 'single_s': single}))\n"
-        )
-        times = json.loads(run(sys.executable, "-c", code, cwd=project).strip().splitlines()[-1])
+        url = f"http://127.0.0.1:{port}/predictions/servebench"
+        out = run(sys.executable, "-c", SCORE_CODE, url, cwd=project)
+        return {name: round(value) for name, value in json.loads(out.splitlines()[-1]).items()}
     finally:
         run(sys.executable, "-m", "servebench.serve", "stop", cwd=project)
-    report["records_per_s"] = {"batched": round(2000 / times["batched_s"]),
-                               "one_per_request": round(2000 / times["single_s"])}
-    report["inference_vs_single"] = times["single_s"] / times["batched_s"]
+
+
+def inference_bench(work: Path, report: dict) -> None:
+    """The same trained recommender, client and records against TorchServe and Ray Serve,
+    side by side. Both batch alike: up to 8 requests per batch, waiting at most 50 ms,
+    one worker (TorchServe) or replica (Ray); Ray once more with batching off."""
+    torchserve = render(work / "torchserve" / "servebench", use_serve=True)
+    run(sys.executable, "-m", "servebench.data", "--synthetic", "--rows", 20_000, cwd=torchserve)
+    run(sys.executable, "main.py", "--gpus", "0", "--epochs", "1", cwd=torchserve)
+    ray = render(work / "ray" / "servebench", use_serve=True, serve_engine="ray")
+    shutil.copytree(torchserve / "data", ray / "data")  # the same data and weights
+    for project in (torchserve, ray):
+        run(sys.executable, "-m", "servebench.serve", "build", "--epoch", "0", cwd=project)
+    speeds = {
+        "torchserve": records_per_s(torchserve, 18500),
+        "ray": records_per_s(ray, 18510, "--max_batch_size", "8", "--batch_wait_timeout_s", "0.05"),
+        "ray_without_batching": records_per_s(ray, 18510, "--max_batch_size", "1"),
+    }
+    report["records_per_s"] = speeds
+    report["inference_vs_single"] = (speeds["torchserve"]["batched"]
+                                     / speeds["torchserve"]["one_per_request"])
+    report["ray_inference_vs_single"] = speeds["ray"]["batched"] / speeds["ray"]["one_per_request"]
+    report["ray_vs_torchserve"] = speeds["ray"]["batched"] / speeds["torchserve"]["batched"]
+    report["ray_one_per_request_vs_torchserve"] = (speeds["ray"]["one_per_request"]
+                                                   / speeds["torchserve"]["one_per_request"])
+    report["ray_batching_vs_none"] = (speeds["ray"]["batched"]
+                                      / speeds["ray_without_batching"]["batched"])
 
 
 def generator_bench(work: Path, report: dict) -> None:

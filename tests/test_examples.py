@@ -21,6 +21,7 @@ ANSWERS = {
     "tracker": "mlflow",
     "use_ray_tune": True,
     "use_serve": True,
+    "serve_engine": "ray",
     "author": "quikgen",
     "description": "The bert kind as quikgen renders it, committed for reading",
 }

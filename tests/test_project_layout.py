@@ -16,11 +16,13 @@ EVERY_FEATURE = ["--data", "tracker=mlflow", "--data", "use_ray_tune=true",
 ENTRY_POINTS = {"main": "*", "train": {"train"}, "tune": {"search_trial"}}
 
 
-@pytest.fixture(scope="module", params=["bert", "recommender"])
+@pytest.fixture(scope="module", params=[("bert", "torchserve"), ("recommender", "ray")],
+                ids=["bert-torchserve", "recommender-ray"])
 def project(request, tmp_path_factory):
-    dest = tmp_path_factory.mktemp(request.param) / "layout"
-    result = quikgen("new", str(dest), "--defaults", "--no-git", "--kind", request.param,
-                     *EVERY_FEATURE)
+    kind, engine = request.param
+    dest = tmp_path_factory.mktemp(kind) / "layout"
+    result = quikgen("new", str(dest), "--defaults", "--no-git", "--kind", kind,
+                     *EVERY_FEATURE, "--data", f"serve_engine={engine}")
     assert result.exit_code == 0, result.output
     return dest
 

@@ -129,13 +129,13 @@ def test_serving_without_java_says_how_to_install_it(project, tmp_path):
     assert_one_line_error(result, "TorchServe needs Java 17", exit_code=1)
 
 
-def test_an_archive_with_a_missing_file_names_it(project, tmp_path):
-    code = ("from pathlib import Path; from sturdy.serve import create_mar; "
+def test_a_build_with_a_missing_file_names_it(project, tmp_path):
+    code = ("from pathlib import Path; from sturdy.serve import check_model_files; "
             f"build = Path('{tmp_path}') / 'build'; build.mkdir(); "
             "(build / 'handler.py').write_text('');"
-            f"create_mar(build, Path('{tmp_path}') / 'store', 4, 10)")
+            "check_model_files(build)")
     result = python(project, "-c", code, check=False)
-    assert "cannot archive: model.pt2, id_maps.json missing" in result.stderr
+    assert "cannot serve: model.pt2, id_maps.json missing" in result.stderr
 
 
 @pytest.mark.parametrize("command", [["new", "proj", "--defaults"],

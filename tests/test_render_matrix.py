@@ -31,6 +31,9 @@ VALID = [
     ("bert-mlflow-tune", {"kind": "bert", "tracker": "mlflow", "use_ray_tune": True}, False),
     ("recommender-serve", {"kind": "recommender", "use_serve": True}, False),
     ("bert-serve", {"kind": "bert", "use_serve": True}, False),
+    ("recommender-ray-serve", {"kind": "recommender", "use_serve": True, "serve_engine": "ray"}, False),
+    ("bert-ray-serve-tune-wandb", {"kind": "bert", "use_serve": True, "serve_engine": "ray",
+                                   "use_ray_tune": True, "tracker": "wandb"}, False),
     ("bert-everything", {"kind": "bert", "tracker": "mlflow", "use_ray_tune": True,
                          "use_serve": True}, True),
     ("recommender-everything", {"kind": "recommender", "tracker": "mlflow", "use_ray_tune": True,
@@ -56,11 +59,20 @@ TRACKER_TRACES = {
 # What each feature leaves in a project; a feature that is off must leave none of it.
 FEATURE_TRACES = {
     # world.py documents that train() also runs under Ray Train; no import may remain.
-    "use_ray_tune": re.compile(r"^\s*(import ray|from ray)|tune\.yaml|use_ray_tune", re.MULTILINE),
+    # Ray Serve imports ray too, but never its tune or train.
+    "use_ray_tune": re.compile(r"^\s*(from ray import (tune|train)|from ray\.(tune|train)"
+                               r"|import ray\.(tune|train))|tune\.yaml|use_ray_tune", re.MULTILINE),
     # hf.get_bert_info documents TorchServe's setup_config; no import, archiver or serve/ may remain.
     "use_serve": re.compile(r"^\s*(from|import) ts\b|torch-model-archiver|\bserve/", re.MULTILINE),
 }
 
+# What each serving engine leaves in a project; with use_serve on, the other must leave none.
+# Code only: prose may compare the two.
+ENGINE_TRACES = {
+    "torchserve": re.compile(r"\btorchserve\b|torch-model-archiver|^\s*(from|import) ts\b",
+                             re.MULTILINE),
+    "ray": re.compile(r"\bray_serve\b|from ray import serve|ray\[serve\]"),
+}
 JINJA_LEFTOVER = re.compile(r"\{\{|\{%|\{#|%\}|#\}")
 # GitHub Actions' own expressions, which the CI workflow must keep: ${{ github.ref }}.
 ACTIONS_EXPRESSION = re.compile(r"\$\{\{ [\w.]+ \}\}")
@@ -85,6 +97,9 @@ def test_valid_answers_render_lint_clean_compiling_code(tmp_path, answers, runs_
     traces = {feature: trace for feature, trace in FEATURE_TRACES.items() if not answers.get(feature)}
     traces.update({tracker: trace for tracker, trace in TRACKER_TRACES.items()
                    if answers.get("tracker", "none") != tracker})
+    if answers.get("use_serve"):
+        traces.update({engine: trace for engine, trace in ENGINE_TRACES.items()
+                       if answers.get("serve_engine", "torchserve") != engine})
     # Code and configuration only: the README may say how to turn a feature on, and the
     # answers file records every answer.
     configuration = [path for path in files if path.name != ".copier-answers.yml" and (

@@ -188,3 +188,31 @@ def test_a_feature_toggles_on_and_off_in_an_edited_project(tmp_path):
     train = (project / "toggle" / "train.py").read_text()
     assert "RunLogger" not in train and "# my model wiring" in train
     run("ruff", "check", "--no-cache", ".", cwd=project)
+
+
+def test_the_serving_engine_switches_to_ray_and_back_with_edits_kept(tmp_path):
+    project = tmp_path / "engine"
+    assert quikgen("new", str(project), "--defaults", "--data", "use_serve=true").exit_code == 0
+    edit(project / "engine" / "api.py", "    session = requests.Session()",
+         "    session = requests.Session()  # our proxy settings go here")
+    edit(project / "main.py", "sys.exit(130)", "sys.exit(130)  # as a shell would")
+    commit_all(project)
+
+    result = quikgen("update", str(project), "--data", "serve_engine=ray")
+    assert result.exit_code == 0, result.output
+    package = project / "engine"
+    assert (package / "ray_serve.py").is_file() and not (package / "torchserve.py").exists()
+    assert "@serve.deployment" in (package / "handler.py").read_text()
+    assert "# our proxy settings go here" in (package / "api.py").read_text()
+    assert "# as a shell would" in (project / "main.py").read_text()
+    assert "--replicas" in python(project, "-m", "engine.serve", "start", "--help").stdout
+    run("ruff", "check", "--no-cache", ".", cwd=project)
+    commit_all(project, "serve with Ray")
+
+    result = quikgen("update", str(project), "--data", "serve_engine=torchserve")
+    assert result.exit_code == 0, result.output
+    assert (package / "torchserve.py").is_file() and not (package / "ray_serve.py").exists()
+    assert "BaseHandler" in (package / "handler.py").read_text()
+    assert "# our proxy settings go here" in (package / "api.py").read_text()
+    assert "--disable_token_auth" in python(project, "-m", "engine.serve", "start", "--help").stdout
+    run("ruff", "check", "--no-cache", ".", cwd=project)

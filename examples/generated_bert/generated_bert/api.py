@@ -1,21 +1,19 @@
-"""Batched inference against the TorchServe model: ``python -m generated_bert.api FILE --out OUT``.
+"""Batched inference against the Ray Serve model: ``python -m generated_bert.api FILE --out OUT``.
 FILE is a CSV with a ``text`` column. OUT gets one row per input, in input
 order: the text, the predicted label, and each label's probability and logit.
 
 Records travel in batches (one request each), at most --workers requests at a
 time. A request the server answers 500, 503 or 507, or that cannot connect, is
-retried with backoff, so a TorchServe restarted mid-run only slows the run down.
-Each request reads the token from key_file.json, and one the server refuses
-is retried, since a restarted TorchServe writes new tokens. Rows are placed by
-record index, so a batch retried after the server scored it still appears once.
+retried with backoff, so a Ray Serve restarted mid-run only slows the run down
+(404 too: a restarting Ray Serve listens a moment before its route exists).
+Rows are placed by record index, so a batch retried after the server scored it
+still appears once.
 Nothing is lost silently: if a batch still fails, the scored records are written
 and the error names the records that were not.
 """
 
 import argparse
-import json
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,10 +22,11 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from .args import PROJECT_DIR, non_negative_int, positive_int
+from .args import non_negative_int, positive_int
 
 DEFAULT_URL = "http://127.0.0.1:8080/predictions/generated_bert"
-KEY_FILE = PROJECT_DIR / "serve" / "key_file.json"
+# What a server that is starting or restarting answers: retried with backoff.
+RETRIED_STATUS = (404, 500, 503, 507)
 
 
 class BatchInferenceError(RuntimeError):
@@ -45,7 +44,7 @@ def session_with_retries(retries: int, workers: int) -> requests.Session:
         read=retries,
         status=retries,
         backoff_factor=0.5,
-        status_forcelist=(500, 503, 507),
+        status_forcelist=RETRIED_STATUS,
         allowed_methods=frozenset({"POST"}),
         raise_on_status=False,
     )
@@ -54,23 +53,6 @@ def session_with_retries(retries: int, workers: int) -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
-
-
-def inference_token(key_file: Path | None = KEY_FILE) -> str | None:
-    """The inference token TorchServe wrote when it started, if it did."""
-    if key_file is None:
-        return None
-    try:
-        return json.loads(Path(key_file).read_text())["inference"]["key"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def token_refused(response: requests.Response) -> bool:
-    # TorchServe answers a missing, wrong or expired token with 400 InvalidKeyException.
-    return response.status_code == 401 or (
-        response.status_code == 400 and "InvalidKeyException" in response.text
-    )
 
 
 def ranges(indices: list[int]) -> str:
@@ -92,35 +74,16 @@ def batch_inference(
     url: str = DEFAULT_URL,
     workers: int = 4,
     retries: int = 5,
-    key_file: Path | None = KEY_FILE,
     timeout: float = 60,
 ) -> pd.DataFrame:
     """Score ``records`` (texts) in batches: a row per record, in order.
-    ``index_labels`` orders the probability and logit columns (default: as served).
-    ``key_file`` is the key_file.json of a TorchServe started with token authorization
-    (None for a server without it)."""
+    ``index_labels`` orders the probability and logit columns (default: as served)."""
     session = session_with_retries(retries, workers)
     starts = list(range(0, len(records), batch_size))
 
-    def post(batch: list) -> requests.Response:
-        for attempt in range(retries + 1):
-            token = inference_token(key_file)
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            response = session.post(url, json=batch, headers=headers, timeout=timeout)
-            if not token_refused(response) or key_file is None or attempt == retries:
-                return response
-            # A restarted TorchServe writes new tokens a moment after it starts listening.
-            time.sleep(0.5 * 2**attempt)
-
     def score(start: int):
         try:
-            response = post(records[start : start + batch_size])
-            if token_refused(response):
-                return (
-                    None,
-                    f"{url} refused the token in {key_file}; pass the key_file.json "
-                    "of the server you query (--key_file)",
-                )
+            response = session.post(url, json=records[start : start + batch_size], timeout=timeout)
             response.raise_for_status()
             return response.json(), None
         except requests.ConnectionError:
@@ -192,19 +155,14 @@ def main(argv=None):
         default=5,
         help="retries of a failed request, with backoff (default: %(default)s)",
     )
-    parser.add_argument(
-        "--key_file",
-        type=Path,
-        default=KEY_FILE,
-        help="TorchServe's key_file.json, for the token (default: %(default)s)",
-    )
     args = parser.parse_args(argv)
     if not args.out.parent.is_dir():  # found out now, not after scoring every record
         sys.exit(
             f"error: --out {args.out}: no folder {args.out.parent}; create it or pass another --out"
         )
     try:
-        frame = pd.read_csv(args.file)
+        # Every cell as written: an empty text stays "", and "NA" stays a text.
+        frame = pd.read_csv(args.file, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         sys.exit(f"error: cannot read {args.file}: {error}")
     if "text" not in frame.columns:
@@ -217,7 +175,6 @@ def main(argv=None):
             url=args.url,
             workers=args.workers,
             retries=args.retries,
-            key_file=args.key_file,
         )
     except BatchInferenceError as error:
         error.scored.to_csv(args.out)

@@ -97,7 +97,8 @@ def get_pretrained_model(bert_type: str, label_names: list[str]):
 
 
 def get_bert_info(bert_type: str, label_names: list[str], max_length: int) -> dict:
-    """The setup_config.json that TorchServe's transformer handlers read."""
+    """The serving handler's setup_config.json, in the form of the transformer
+    handlers in TorchServe's examples (the handler here reads max_length)."""
     return {
         "model_name": bert_type,
         "mode": "sequence_classification",
