@@ -6,6 +6,7 @@ python main.py --gpus 4                  # one process per GPU
 python main.py --procs 2                 # two CPU processes (DDP with gloo)
 torchrun --nproc-per-node 4 main.py
 python main.py --use_ray_tune --num_samples 8   # search tune.yaml's space
+python main.py --ray_address local --ray_workers 2   # a Ray Train job; or a cluster's address
 """
 
 import sys
@@ -18,7 +19,14 @@ from generated_bert.launch import launch
 from generated_bert.stopping import Stopped
 from generated_bert.tracking import TrackingSettings, open_run
 from generated_bert.train import train
-from generated_bert.tune import SearchSettings, load_search_space, run_search, search_trial
+from generated_bert.tune import (
+    ClusterSettings,
+    SearchSettings,
+    load_search_space,
+    run_on_ray_cluster,
+    run_search,
+    search_trial,
+)
 
 
 def main(argv=None) -> None:
@@ -53,6 +61,11 @@ def run(args) -> None:
                 SearchSettings.pick(vars(args)),
                 tracking,
                 tracked_run,
+            )
+            return
+        if args.ray_address:
+            run_on_ray_cluster(
+                partial(train, args, tracked_run=tracked_run), ClusterSettings.pick(vars(args))
             )
             return
         launch(

@@ -1,8 +1,10 @@
-"""Hyperparameter search with Ray Tune, each trial running the same train().
+"""Hyperparameter search with Ray Tune, each trial running the same train(); and a
+plain run as a Ray Train job on a Ray cluster.
 
     python main.py --use_ray_tune --num_samples 8            # one process per trial
     python main.py --use_ray_tune --workers_per_trial 2      # each trial a 2-process DDP job
     python main.py --config data/best_config_{date}.yaml     # train the winner
+    python main.py --ray_address 10.0.0.5:6379 --ray_workers 4   # train on a Ray cluster
 
 tune.yaml names training arguments and how to sample each (pytorch-quik's format):
 
@@ -11,10 +13,12 @@ tune.yaml names training arguments and how to sample each (pytorch-quik's format
 
 ASHA stops poor trials early on ``valid_loss``; at the end the trials are
 printed as a table and the best configuration is saved as
-data/best_config_{date}.yaml. Ray is imported only for a search.
+data/best_config_{date}.yaml. Ray is imported only for a search or a
+--ray_address run.
 """
 
 import argparse
+import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -49,8 +53,18 @@ NOT_TUNABLE = {"data_dir", "data_date", "output_dir", "resume"}
 RESULTS_DIR = PROJECT_DIR / "ray_results"
 
 
+@dataclass(frozen=True)
+class ClusterSettings(FlagValues):
+    """The flags of a plain run on a Ray cluster."""
+
+    ray_address: str | None
+    ray_workers: int
+    ray_gpus: bool
+
+
 def add_ray_tune_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
-    """Hyperparameter search, and training from a saved configuration."""
+    """Hyperparameter search, training from a saved configuration, and training on a
+    Ray cluster."""
     group = parser.add_argument_group("ray tune")
     group.add_argument(
         "--use_ray_tune",
@@ -79,6 +93,21 @@ def add_ray_tune_args(parser: argparse.ArgumentParser, defaults: dict | None = N
         default=None,
         help="YAML of argument values to train with, such as a saved "
         "data/best_config_{date}.yaml; command-line flags still win",
+    )
+    group.add_argument(
+        "--ray_address",
+        default=None,
+        help="train as a Ray Train job of --ray_workers DDP processes on the Ray cluster "
+        "at this address (e.g. 10.0.0.5:6379), or on one started here for the job (local)",
+    )
+    group.add_argument(
+        "--ray_workers",
+        type=positive_int,
+        default=2,
+        help="processes of a --ray_address job (default: %(default)s)",
+    )
+    group.add_argument(
+        "--ray_gpus", action="store_true", help="one GPU for each process of a --ray_address job"
     )
     return apply_defaults(parser, defaults)
 
@@ -286,10 +315,16 @@ def run_trial_job(job, workers: int, worker_resources: dict, name: str, storage_
 
 
 def run_ray_train_job(
-    job, workers: int, worker_resources: dict, name: str, storage_path: Path
+    job,
+    workers: int,
+    worker_resources: dict,
+    name: str,
+    storage_path: Path,
+    in_search: bool = True,
 ) -> None:
     """job(world) on ``workers`` Ray Train processes, one DDP job; Ray creates the
-    process group, and each process its world on it."""
+    process group, and each process its world on it. ``in_search``: a trial's job,
+    whose epochs reach Tune."""
     import torch
     from ray import train
     from ray.train.torch import TorchTrainer
@@ -310,10 +345,54 @@ def run_ray_train_job(
         run_config=train.RunConfig(
             name=f"train-{name}",
             storage_path=str(storage_path),
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback()] if in_search else [],
             logging_config=train.LoggingConfig(log_level="WARNING"),
         ),
     ).fit()
+
+
+def prepare_ray(flag: str) -> None:
+    """Ray's settings for the processes it starts, set before it starts; a missing
+    Ray is one line naming ``flag``."""
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError(
+            f"{flag} needs Ray: pip install 'ray[default,tune,train]' (or pip install -e '.[ray]')"
+        )
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # keeps token auth, without its warning
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the project folder
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else each print shows twice
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+
+def run_on_ray_cluster(job, cluster: ClusterSettings) -> None:
+    """job(world) as a Ray Train job of --ray_workers DDP processes on the cluster at
+    --ray_address ("local": one started on this machine for the job). The cluster's
+    processes import this project's package from the copy Ray sends them; the data
+    and output folders must be at the same paths on every machine, as with --nodes."""
+    prepare_ray("--ray_address")
+    import ray
+
+    package = str(Path(__file__).resolve().parent)
+    if cluster.ray_address == "local":  # never a cluster that `ray start` runs here
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+    else:
+        ray.init(
+            address=cluster.ray_address,
+            runtime_env={"py_modules": [package]},
+            logging_level="WARNING",
+        )
+    try:
+        worker_resources = {"CPU": 1, **({"GPU": 1} if cluster.ray_gpus else {})}
+        run_ray_train_job(
+            job,
+            cluster.ray_workers,
+            worker_resources,
+            f"{datetime.now():%Y%m%d_%H%M%S}",
+            RESULTS_DIR,
+            in_search=False,
+        )
+    finally:
+        ray.shutdown()
 
 
 def run_search(
@@ -326,20 +405,10 @@ def run_search(
     """Run the trials, each ``run_trial(config, trial_id, output_dir, worker_resources)``
     (search_trial with the job's flags); print the table and save the best
     configuration, whose path is returned."""
-    # Set before Ray starts: its processes inherit them.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # keeps token auth, without its warning
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the project folder
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else each print shows twice
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    try:
-        import ray
-        from ray import tune
-        from ray.tune.schedulers import ASHAScheduler
-    except ImportError:
-        raise UsageError(
-            "--use_ray_tune needs Ray: pip install 'ray[default,tune,train]' "
-            "(or pip install -e '.[ray]')"
-        ) from None
+    prepare_ray("--use_ray_tune")
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
 
     # One folder per search, so results of earlier searches never mix in.
     search_name = f"tune_{search.data_date}_{datetime.now():%H%M%S}"
