@@ -5,8 +5,6 @@ repeats no record."""
 import csv
 import os
 import socket
-import threading
-import time
 
 import pandas as pd
 import psutil
@@ -14,7 +12,7 @@ import pytest
 import torch
 
 from .conftest import python, quikgen
-from .test_serving import import_api, local_ratings
+from .test_serving import import_api, local_ratings, scored_across_a_restart
 
 pytestmark = pytest.mark.slow
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
@@ -159,26 +157,10 @@ def test_ray_serve_restarted_mid_run_loses_and_repeats_no_record(recommender_ray
     port = url.split(":")[2].split("/")[0]
     api = import_api(project, "ray_recs")
     pairs = [{"user": i % 60, "item": i % 40} for i in range(3000)]
-    outcome = {}
-
-    def score_all():
-        try:
-            # Retries back off 0.5, 1, 2, 4, ... s: 10 outlast a Ray Serve restart.
-            outcome["scored"] = api.batch_inference(pairs, batch_size=5, url=url, workers=2,
-                                                    retries=10)
-        except Exception as error:  # reported below, in the test's thread
-            outcome["error"] = error
-
-    client = threading.Thread(target=score_all)
-    client.start()
-    time.sleep(1)  # the client is scoring: 600 requests take several seconds
-    python(project, "-m", "ray_recs.serve", "stop")
-    assert client.is_alive(), "the client finished before the server stopped"
-    python(project, "-m", "ray_recs.serve", "start", "--port", port)
-    client.join(timeout=600)
-
-    assert "error" not in outcome, outcome.get("error")
-    scored = outcome["scored"]
+    scored = scored_across_a_restart(
+        api, url, pairs,
+        stop=lambda: python(project, "-m", "ray_recs.serve", "stop"),
+        start=lambda: python(project, "-m", "ray_recs.serve", "start", "--port", port))
     assert list(scored.index) == list(range(len(pairs)))  # each record once, in order
     assert scored[["user", "item"]].to_dict("records") == pairs
     torch.testing.assert_close(torch.tensor(scored["rating"].tolist()),

@@ -153,34 +153,41 @@ def test_recommender_end_to_end_through_torchserve(recommender_archive, served):
                                local_ratings(project, pairs), atol=1e-5, rtol=0)
 
 
-def test_torchserve_restarted_mid_run_loses_and_repeats_no_record(recommender_archive, served):
-    project = recommender_archive
-    url = served(project, "served_recs")
-    port = url.split(":")[2].split("/")[0]
-    api = import_api(project, "served_recs")
-    pairs = [{"user": i % 60, "item": i % 40} for i in range(3000)]
+def scored_across_a_restart(api, url: str, pairs: list, stop, start, **client_kwargs):
+    """batch_inference of ``pairs`` while the server is stopped, then started again."""
     outcome = {}
 
     def score_all():
         try:
-            # Retries back off 0.5, 1, 2, 4, ... s: 10 outlast a TorchServe restart.
-            outcome["scored"] = api.batch_inference(
-                pairs, batch_size=5, url=url, workers=2, retries=10,
-                key_file=project / "serve" / "key_file.json")
+            # Retries back off 0.5, 1, 2, 4, ... s: 10 outlast a restart.
+            outcome["scored"] = api.batch_inference(pairs, batch_size=5, url=url, workers=2,
+                                                    retries=10, **client_kwargs)
         except Exception as error:  # reported below, in the test's thread
             outcome["error"] = error
 
     client = threading.Thread(target=score_all)
     client.start()
     time.sleep(1)  # the client is scoring: 600 requests take several seconds
-    python(project, "-m", "served_recs.serve", "stop")
+    stop()
     assert client.is_alive(), "the client finished before the server stopped"
-    # The restarted server has new tokens; the client reads them from key_file.json.
-    python(project, "-m", "served_recs.serve", "start", "--port", port)
+    start()
     client.join(timeout=600)
-
     assert "error" not in outcome, outcome.get("error")
-    scored = outcome["scored"]
+    return outcome["scored"]
+
+
+def test_torchserve_restarted_mid_run_loses_and_repeats_no_record(recommender_archive, served):
+    project = recommender_archive
+    url = served(project, "served_recs")
+    port = url.split(":")[2].split("/")[0]
+    api = import_api(project, "served_recs")
+    pairs = [{"user": i % 60, "item": i % 40} for i in range(3000)]
+    # The restarted server has new tokens; the client reads them from key_file.json.
+    scored = scored_across_a_restart(
+        api, url, pairs,
+        stop=lambda: python(project, "-m", "served_recs.serve", "stop"),
+        start=lambda: python(project, "-m", "served_recs.serve", "start", "--port", port),
+        key_file=project / "serve" / "key_file.json")
     assert list(scored.index) == list(range(len(pairs)))  # each record once, in order
     assert scored[["user", "item"]].to_dict("records") == pairs
     torch.testing.assert_close(torch.tensor(scored["rating"].tolist()),
