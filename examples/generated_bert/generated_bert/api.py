@@ -1,4 +1,5 @@
 """Batched inference against the Ray Serve model: ``python -m generated_bert.api FILE --out OUT``.
+
 FILE is a CSV with a ``text`` column. OUT gets one row per input, in input
 order: the text, the predicted label, and each label's probability and logit.
 

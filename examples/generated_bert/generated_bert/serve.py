@@ -8,6 +8,7 @@
 `build` serves the model as training recorded it in data/run_info_{date}.json:
 the model type (--bert_type), --max_length, the label names, and which epoch
 had the lowest validation loss.
+
 Everything lives in serve/ (ignored by git): the model's files, and the server's
 pid file and log. The server is a process of its own running a private Ray
 cluster; requests are batched (--max_batch_size, --batch_wait_timeout_s) across
@@ -31,7 +32,6 @@ from .ray_serve import port_number, start, stop
 from .tracking import STATE_DICT_NAME, TrackingSettings, get_state_dict
 
 SERVE_DIR = PROJECT_DIR / "serve"
-HANDLER = Path(__file__).with_name("handler.py")
 # What the handler loads: a save_pretrained folder, its tokenizer, and the labels.
 REQUIRED_FILES = [
     "model.safetensors",
