@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from .errors import QuikgenError
+from .questions import choices
 
 ANSWERS_FILE = ".copier-answers.yml"
 
@@ -16,14 +17,6 @@ BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
 
 # Questions a newer template asks in another form: the question, and the answer to give.
 REPLACED = {"use_mlflow": ("tracker", "tracker=mlflow (or none, tensorboard, wandb)")}
-
-
-def choice_values(question: dict) -> list[str]:
-    """The values a question with choices accepts (copier's list or label: value forms)."""
-    choices = question.get("choices") or []
-    if isinstance(choices, dict):
-        return [str(value) for value in choices.values()]
-    return [str(choice[1] if isinstance(choice, list | tuple) else choice) for choice in choices]
 
 
 def parse_data(pairs: list[str], questions: dict[str, dict] | None) -> dict:
@@ -43,7 +36,7 @@ def parse_data(pairs: list[str], questions: dict[str, dict] | None) -> dict:
                 asked = [name for name, question in questions.items() if question.get("when") is not False]
                 raise QuikgenError(f"--data {key}: the template asks no such question; "
                                    f"it asks {', '.join(asked)}")
-            if (values := choice_values(questions[key])) and value not in values:
+            if (values := list(choices(questions[key]))) and value not in values:
                 raise QuikgenError(f"--data {pair}: {key} is one of {', '.join(values)}")
             if questions[key].get("type") == "bool":
                 if value.lower() not in BOOLEANS:

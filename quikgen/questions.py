@@ -48,13 +48,19 @@ def source_questions(src: str, ref: str | None) -> dict[str, dict]:
     return questions
 
 
+def choices(question: dict) -> dict[str, str]:
+    """A question's choices as {value: label}, from copier's label: value mapping or its
+    list of values or [label, value] pairs; empty when it offers no choices."""
+    offered = question.get("choices") or {}
+    if isinstance(offered, dict):
+        return {str(value): str(label) for label, value in offered.items()}
+    if isinstance(offered, list):
+        pairs = [choice if isinstance(choice, list | tuple) else (choice, choice) for choice in offered]
+        return {str(value): str(label) for label, value in pairs}
+    return {}
+
+
 def kinds(questions: dict[str, dict]) -> dict[str, str]:
     """Project kinds and their descriptions, from the kind question's choices;
     empty when the question offers no choices."""
-    choices = questions.get("kind", {}).get("choices") or {}
-    if isinstance(choices, dict):
-        return {str(value): str(label).split(": ", 1)[-1] for label, value in choices.items()}
-    if isinstance(choices, list):
-        pairs = [choice if isinstance(choice, list | tuple) else (choice, choice) for choice in choices]
-        return {str(value): str(label).split(": ", 1)[-1] for label, value in pairs}
-    return {}
+    return {value: label.split(": ", 1)[-1] for value, label in choices(questions.get("kind", {})).items()}
