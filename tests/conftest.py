@@ -4,6 +4,7 @@ with no user configuration, like a fresh CI machine."""
 import atexit
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,13 @@ def edit(path: Path, old: str, new: str) -> None:
 
 def python(project: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return run(sys.executable, *args, cwd=project, **kwargs)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def start_until_checkpoint(project: Path, checkpoint: Path, command: list[str], **popen_kwargs):

@@ -3,7 +3,6 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from .conftest import python, quikgen
+from .conftest import free_port, python, quikgen
 
 pytestmark = [
     pytest.mark.slow,
@@ -65,12 +64,6 @@ def test_embedded_store_records_one_complete_run(project):
     assert (project / "mlruns").is_dir()
     assert subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True,
                           text=True).stdout == ""
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_mlflow_server(folder):
@@ -169,9 +162,7 @@ def test_two_processes_make_exactly_one_run(project, tmp_path):
 def test_two_nodes_make_exactly_one_run(project, tmp_path):
     # Two "machines" on the loopback: each runs main.py once, as --nodes asks.
     uri = f"sqlite:///{tmp_path / 'nodes.db'}"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())
     command = [sys.executable, "main.py", "--gpus", "0", "--nodes", "2", "--master_port", port,
                "--master_addr", "127.0.0.1",
                "--epochs", "2", "--bs", "512", "--use_mlflow", "--user", "tester",

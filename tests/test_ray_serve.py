@@ -4,14 +4,13 @@ repeats no record."""
 
 import csv
 import os
-import socket
 
 import pandas as pd
 import psutil
 import pytest
 import torch
 
-from .conftest import python, quikgen
+from .conftest import free_port, python, quikgen
 from .test_serving import import_api, local_ratings, scored_across_a_restart
 
 pytestmark = pytest.mark.slow
@@ -19,12 +18,6 @@ OFFLINE = {"HF_HUB_OFFLINE": "1"}
 # Besides the usual texts: an empty one, non-ASCII ones, and texts a CSV reader could
 # take for a missing value.
 ODD_TEXTS = ["", "héllo wörld ✓ 日本語", "NA", "null", "Ünïcödé 🙂 review", " "]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def session_of(pid: int) -> int | None:

@@ -4,7 +4,6 @@ the same train(), checkpoint files and --resume as any run, and the same weights
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import torch
 from .conftest import (
     assert_same_weights,
     copy_prepared_data,
+    free_port,
     python,
     quikgen,
     run,
@@ -41,9 +41,7 @@ def ray_processes() -> list[str]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A Ray cluster of this machine, as `ray start` makes one; stopped, with nothing left."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     run(RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port, "--num-cpus", "2",
         "--disable-usage-stats", cwd=tmp_path_factory.mktemp("ray"))
     try:

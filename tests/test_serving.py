@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from .conftest import python, quikgen
+from .conftest import free_port, python, quikgen
 
 pytestmark = pytest.mark.slow
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
@@ -275,9 +275,7 @@ def test_server_down_is_a_clear_error_and_a_non_zero_exit(tmp_path):
     project = tmp_path / "down"
     assert quikgen("new", str(project), "--defaults", "--data", "use_serve=true").exit_code == 0
     (tmp_path / "pairs.csv").write_text("user,item\n1,2\n3,4\n")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     result = python(project, "-m", "down.api", str(tmp_path / "pairs.csv"), "--out",
                     str(tmp_path / "out.csv"), "--url", f"http://127.0.0.1:{port}/predictions/x",
                     "--retries", "1", check=False)
