@@ -372,13 +372,12 @@ def run_on_ray_cluster(job, cluster: ClusterSettings) -> None:
     prepare_ray("--ray_address")
     import ray
 
-    package = str(Path(__file__).resolve().parent)
     if cluster.ray_address == "local":  # never a cluster that `ray start` runs here
         ray.init(address="local", include_dashboard=False, logging_level="WARNING")
     else:
         ray.init(
             address=cluster.ray_address,
-            runtime_env={"py_modules": [package]},
+            runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]},
             logging_level="WARNING",
         )
     try:
