@@ -125,13 +125,19 @@ def macro_f1(data_dir):
     return float(re.search(r"macro avg\s+\S+\s+\S+\s+([0-9.]+)", report.read_text()).group(1))
 
 
-def test_balance_raises_macro_f1_on_imbalanced_labels(project, tmp_path):
-    # 90% of the texts are one label, told apart from the rest by one word. In four
-    # epochs the plain loss learns only the majority; both kinds of balance learn both.
+def imbalanced_csv(tmp_path):
+    """90% of the texts are one label, told apart from the rest by one word."""
     rows = [f"the room was great and the food was lovely {i % 7},happy" for i in range(540)]
     rows += [f"the room was awful and the food was lovely {i % 7},unhappy" for i in range(60)]
     csv = tmp_path / "imbalanced.csv"
     csv.write_text("text,label\n" + "\n".join(rows) + "\n")
+    return csv
+
+
+def test_balance_raises_macro_f1_on_imbalanced_labels(project, tmp_path):
+    # In four epochs the plain loss learns only the majority; both kinds of balance
+    # learn both.
+    csv = imbalanced_csv(tmp_path)
     scores = {}
     for balance in ("none", "weights", "oversample"):
         data_dir = tmp_path / balance
@@ -141,6 +147,28 @@ def test_balance_raises_macro_f1_on_imbalanced_labels(project, tmp_path):
         assert "macro-F1" in result.stdout
         scores[balance] = macro_f1(data_dir)
     assert scores["weights"] > scores["none"] and scores["oversample"] > scores["none"], scores
+
+
+def test_a_fresh_head_starts_at_the_label_shares(project, tmp_path):
+    # A pretrained encoder without a classifier head, as bert-base-uncased is: the
+    # tiny BERT's encoder alone. At a learning rate too small to move anything, the
+    # test loss is the starting head's: the entropy of the 90/10 shares (0.33) where
+    # its bias starts at their logs, that of equal odds (0.69) with --balance
+    # weights, whose loss sees the labels as balanced.
+    encoder = tmp_path / "encoder"
+    python(project, "-c", "from transformers import AutoModel, AutoTokenizer\n"
+           f"AutoModel.from_pretrained('models/tiny-bert').save_pretrained({str(encoder)!r})\n"
+           f"AutoTokenizer.from_pretrained('models/tiny-bert').save_pretrained({str(encoder)!r})",
+           env=OFFLINE)
+    data_dir = tmp_path / "data"
+    python(project, "-m", "reviews.data", "--csv", str(imbalanced_csv(tmp_path)),
+           "--data_dir", str(data_dir), env=OFFLINE)
+    test_loss = {}
+    for balance in ("none", "weights"):
+        result = train(project, "--data_dir", str(data_dir), "--bert_type", str(encoder),
+                       "--epochs", "1", "--lr", "1e-12", "--balance", balance)
+        test_loss[balance] = float(re.search(r"^test loss: ([0-9.]+)", result.stdout, re.M).group(1))
+    assert abs(test_loss["none"] - 0.325) < 0.05 and abs(test_loss["weights"] - 0.693) < 0.05, test_loss
 
 
 def test_the_given_betas_hold_to_the_last_step(project, tmp_path):

@@ -82,9 +82,20 @@ def get_tokenizer(bert_type: str):
     return _load(_transformers().AutoTokenizer, bert_type, "tokenizer")
 
 
-def get_pretrained_model(bert_type: str, label_names: list[str]):
-    """A sequence classifier with one output per label, its head sized to the labels."""
-    return _load(
+def get_pretrained_model(
+    bert_type: str, label_names: list[str], label_shares: torch.Tensor | None = None
+):
+    """A sequence classifier with one output per label, its head sized to the labels.
+
+    A head that the checkpoint lacks (a pretrained encoder) starts from random
+    weights. Given ``label_shares``, its output bias starts at their logs, so the
+    fresh head first predicts each label as often as training sees it, where a zero
+    bias predicts them all equally. Otherwise the first steps of training go to
+    learning those shares: the whole encoder is pushed toward the commonest label,
+    and one epoch on an 82/18 split can end predicting it for every text
+    (BENCHMARKS.md). A head the checkpoint has is kept as it is.
+    """
+    model, loading = _load(
         _transformers().AutoModelForSequenceClassification,
         bert_type,
         "model",
@@ -93,7 +104,21 @@ def get_pretrained_model(bert_type: str, label_names: list[str]):
         label2id={name: i for i, name in enumerate(label_names)},
         # A checkpoint fine-tuned on other labels gets a fresh head instead of an error.
         ignore_mismatched_sizes=True,
+        output_loading_info=True,
     )
+    if label_shares is not None:
+        fresh = {*loading["missing_keys"], *(key[0] for key in loading["mismatched_keys"])}
+        # The head's output layer has the one fresh bias with a value per label;
+        # a head without a bias (GPT-2's, for one) starts as loaded.
+        output_biases = [
+            name
+            for name in sorted(fresh)
+            if name.endswith("bias") and model.get_parameter(name).shape == label_shares.shape
+        ]
+        if len(output_biases) == 1:
+            with torch.no_grad():
+                model.get_parameter(output_biases[0]).copy_(label_shares.log())
+    return model
 
 
 def get_bert_info(bert_type: str, label_names: list[str], max_length: int) -> dict:

@@ -88,7 +88,15 @@ class Task:
         return torch.arange(self.num_rows(self.train_set))
 
     def build_model(self) -> nn.Module:
-        return get_pretrained_model(self.settings.bert_type, self.label_names)
+        """The pretrained classifier; a fresh head starts at the label shares that
+        the loss sees: the training split's, or equal ones where --balance evens them."""
+        labels = self.train_set["labels"].cpu()
+        shares = (
+            torch.bincount(labels, minlength=len(self.label_names)).clamp(min=1) / len(labels)
+            if self.settings.balance == "none"
+            else None
+        )
+        return get_pretrained_model(self.settings.bert_type, self.label_names, shares)
 
     def compute_loss(self, model: nn.Module, batch: dict, reduction: str = "mean"):
         """Cross-entropy of the predicted classes, in fp32 even under autocast; while
