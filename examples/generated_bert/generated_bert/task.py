@@ -206,8 +206,8 @@ def length_grouped_batches(
     clothing reviews, seed 0: test macro-F1 0.55 with windows of 50 batches, 0.82
     with 8 and with no grouping at all). Windows of 8 still keep most of the speed:
     91% of the padded tokens there are text, against 60% for random batches and
-    98% for windows of 50 (BENCHMARKS.md). Cutting the windows at random offsets
-    changes nothing: the rows are shuffled anew every epoch.
+    98% for windows of 50 (quikgen's BENCHMARKS.md). Cutting the windows at random
+    offsets changes nothing: the rows are shuffled anew every epoch.
     """
     # Batches are planned on the CPU: reading a length off the GPU would make the
     # CPU wait for it before every batch.
