@@ -112,14 +112,15 @@ def get_pretrained_model(
         fresh = {*loading["missing_keys"], *(key[0] for key in loading["mismatched_keys"])}
         # The head's output layer has the one fresh bias with a value per label;
         # a head without a bias (GPT-2's, for one) starts as loaded.
+        parameters = dict(model.named_parameters())
         output_biases = [
-            name
-            for name in sorted(fresh)
-            if name.endswith("bias") and model.get_parameter(name).shape == label_shares.shape
+            parameters[name]
+            for name in sorted(fresh & parameters.keys())
+            if name.endswith("bias") and parameters[name].shape == label_shares.shape
         ]
         if len(output_biases) == 1:
             with torch.no_grad():
-                model.get_parameter(output_biases[0]).copy_(label_shares.log())
+                output_biases[0].copy_(label_shares.log())
     return model
 
 
