@@ -246,10 +246,10 @@ def weights_scores(data_dir: Path) -> np.ndarray | None:
     if not path.is_file():
         return None
     state = torch.load(path, weights_only=True, map_location="cpu")
-    try:
-        users, items = state["user_vectors.weight"], state["item_vectors.weight"]
-        scores = (state["global_bias"] + state["user_bias.weight"] + state["item_bias.weight"].T
-                  + users @ items.T)
+    try:  # each table's row is the vector, then the bias (the project's model.py)
+        users, items = state["users.weight"], state["items.weight"]
+        scores = (state["global_bias"] + users[:, -1:] + items[:, -1]
+                  + users[:, :-1] @ items[:, :-1].T)
     except KeyError:
         return None
     return scores.double().numpy()
