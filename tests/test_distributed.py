@@ -117,6 +117,29 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(project, data
     assert_same_weights(weights(data_dir, 3), weights(uninterrupted, 3), atol=0)
 
 
+@pytest.mark.parametrize("save_every", ["25", "1s"], ids=["steps", "time"])
+def test_kill_9_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(
+        project, data_dir, tmp_path, save_every):
+    # 1,280 steps an epoch: the first checkpoint, after 25 steps or a second, lands mid-epoch.
+    args = ["--epochs", "2", "--bs", "8", "--save_every", save_every]
+    uninterrupted = tmp_path / "uninterrupted"
+    shutil.copytree(data_dir, uninterrupted)
+    train(project, uninterrupted, *args)
+
+    command = [sys.executable, "main.py", "--data_dir", str(data_dir), "--gpus", "0", *args]
+    process, checkpoint = start_until_checkpoint(project, data_dir / f"checkpoint_{DATE}.pt", command,
+                                                 stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["epoch"] == 0 and 0 < saved["step"] < saved["steps_per_epoch"]
+
+    result = train(project, data_dir, *args, "--resume")
+    assert f"resuming in epoch 1/2 after step {saved['step']} from" in result.stdout
+    assert_same_weights(weights(data_dir, 1), weights(uninterrupted, 1), atol=0)
+
+
 def test_resume_with_another_batch_size_is_refused_before_training(project, data_dir):
     train(project, data_dir, "--epochs", "2", "--bs", "128")
     result = train(project, data_dir, "--epochs", "2", "--bs", "64", "--resume", check=False)

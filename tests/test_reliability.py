@@ -42,6 +42,9 @@ BAD_FLAGS = [
     (["--data_date", "2024-01-31"], "must be a date as YYYYMMDD"),
     (["--precision", "fp8"], "invalid choice: 'fp8'"),
     (["--master_port", "70000"], "must be a port from 1 to 65535"),
+    (["--save_every", "-5"], "--save_every: must be a number of steps such as 500, or a time"),
+    (["--save_every", "10 min"], "--save_every: must be a number of steps such as 500, or a time"),
+    (["--save_every", "nanm"], "--save_every: must be a number of steps such as 500, or a time"),
 ]
 
 
