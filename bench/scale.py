@@ -257,11 +257,11 @@ def data_step(package: str, project: Path, csv: Path, data_dir: Path, rows: int)
             "peak_rss_vs_csv": memory["peak_rss_mb"] / csv_mb}
 
 
-def train_run(project: Path, data_dir: Path, procs: int = 1) -> dict:
-    """One epoch of ``python main.py --gpus 0``, watched."""
+def train_run(project: Path, data_dir: Path, procs: int = 1, flags=()) -> dict:
+    """One epoch of ``python main.py --gpus 0 [flags]``, watched."""
     from quality import parse_test_metrics  # bench/ is on sys.path: this script's folder
 
-    extra = ["--procs", procs] if procs > 1 else []
+    extra = [*(["--procs", procs] if procs > 1 else []), *flags]
     watched = watch([sys.executable, "main.py", "--gpus", "0", "--epochs", "1",
                      "--data_dir", data_dir, *extra], cwd=project)
     lines = watched["lines"]
@@ -404,8 +404,8 @@ def print_tables(scale: dict) -> None:
     settings = scale["settings"]
     table(f"scale: catalogue size at {settings['catalogue_rows']:,} ratings", scale["catalogue"], runs)
     table("scale: rows at MovieLens 25M's id space", scale["rows"], runs)
-    table("scale: --procs 2 on the largest set, and one process", [scale["procs2"]["one"],
-                                                                   scale["procs2"]["two"]], runs)
+    table("scale: --procs 2 (batch 256 each) on the largest set, and one process at batch 512",
+          [scale["procs2"]["one"], scale["procs2"]["two"]], runs)
     table("scale: Surprise SVD (defaults) on the same training rows", scale["surprise_svd"], [
         ("rows", get("rows", fmt="{:,}")), ("train rows", get("train_rows", fmt="{:,}")),
         ("load s", get("load_s")), ("fit s", get("fit_s")),
@@ -449,6 +449,13 @@ def scale_bench(work: Path, report: dict, render, quick: bool = False) -> None:
               f"{entry['data_step']['seconds']:.1f} s, {entry['data_step']['peak_rss_mb']:,.0f} MB",
               file=sys.stderr)
         if (name, rows) == largest:
+            # Mid-epoch checkpoints every minute (the default is every 10), to see what
+            # they cost; and two processes against one with their global batch (512),
+            # whose losses they must equal.
+            entry["train_checkpoints"] = train_run(project, data_dir, flags=["--save_every", "1m"])
+            print(f"scale {name} {rows:,} rows --save_every 1m: "
+                  f"{entry['train_checkpoints']['epoch_s']:.0f} s epoch", file=sys.stderr)
+            entry["train_bs512"] = train_run(project, data_dir, flags=["--bs", "512"])
             entry["train_procs2"] = train_run(project, data_dir, procs=2)
             print(f"scale {name} {rows:,} rows --procs 2: "
                   f"{entry['train_procs2']['steps_per_s']:.1f} steps/s, peak RSS "
@@ -461,7 +468,7 @@ def scale_bench(work: Path, report: dict, render, quick: bool = False) -> None:
         done[name, rows] = entry
         shutil.rmtree(data_dir)
 
-    one, two = done[largest]["train"], done[largest]["train_procs2"]
+    one, two = done[largest]["train_bs512"], done[largest]["train_procs2"]
     scale = {
         "settings": {"mode": "quick" if quick else "full", "epochs": 1,
                      "threads": "OMP_NUM_THREADS=1 per process", "catalogue_rows": size["catalogue_rows"],
@@ -497,7 +504,12 @@ def scale_bench(work: Path, report: dict, render, quick: bool = False) -> None:
         "procs2_ranks_pss_vs_one": two["peak_ranks_pss_mb"] / one["peak_ranks_pss_mb"],
         "procs2_rows_per_s_vs_one": two["rows_per_s"] / one["rows_per_s"],
         "largest_data_step_rss_vs_csv": done[largest]["data_step"]["peak_rss_vs_csv"],
+        "procs2_valid_loss_minus_one": two["valid_loss"] - one["valid_loss"],
+        "checkpoints_every_minute_epoch_vs_default": (
+            done[largest]["train_checkpoints"]["epoch_s"] / done[largest]["train"]["epoch_s"]),
     }
+    scale["checkpoints"] = {"default": done[largest]["train"],
+                            "every_minute": done[largest]["train_checkpoints"]}
     report["scale"] = rounded(scale)
     print_tables(report["scale"])
 
