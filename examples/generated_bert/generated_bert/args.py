@@ -64,6 +64,33 @@ unit_interval = checked(float, lambda value: 0 <= value < 1, "a number in [0, 1)
 port = checked(int, lambda value: 1 <= value <= 65535, "a port from 1 to 65535")
 
 
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """--save_every: every ``steps`` optimizer steps, or every ``seconds`` of
+    training; neither (0) when both are 0."""
+
+    steps: int = 0
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.seconds / 60:g}m" if self.seconds else str(self.steps)
+
+
+def interval_type(text: str) -> Interval:
+    """An argparse type: '500' -> every 500 steps; '30s', '10m', '1h' -> every so
+    long; '0' -> never."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    problem = f"must be a number of steps such as 500, or a time such as 30s, 10m or 1h, got {text}"
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, None)
+    try:
+        value = float(number) if unit else int(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(problem) from None
+    if not value >= 0:  # nan fails every comparison
+        raise argparse.ArgumentTypeError(problem)
+    return Interval(seconds=value * unit) if unit else Interval(steps=value)
+
+
 def betas_type(text: str) -> tuple[float, float]:
     """'0.9, 0.999' -> (0.9, 0.999), each in [0, 1)."""
     problem = f"must be two numbers in [0, 1) such as 0.9,0.999, got {text}"
@@ -260,17 +287,19 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
         choices=["always", "auto"],
         default=None,
         help="continue from the checkpoint in --output_dir (data/checkpoint_{date}.pt, "
-        "written after every epoch, every --save_every steps and on SIGTERM or Ctrl-C); "
+        "written after every epoch, every --save_every and on SIGTERM or Ctrl-C); "
         "--resume auto starts afresh when there is none, as torchrun --max-restarts "
         "and re-queued jobs need",
     )
     group.add_argument(
         "--save_every",
-        type=non_negative_int,
-        default=500,
-        help="also write the checkpoint every this many optimizer steps, mid-epoch, so "
-        "a killed run loses at most that many; 0: only after each epoch "
-        "(default: %(default)s)",
+        type=interval_type,
+        default=Interval(seconds=600),
+        metavar="STEPS|TIME",
+        help="also write the checkpoint mid-epoch, every this many optimizer steps (500) "
+        "or this long (30s, 10m, 1h), so that a killed run loses at most that much; it "
+        "is written on a thread of its own while training goes on; 0: only after each "
+        "epoch (default: %(default)s)",
     )
     group.add_argument(
         "--seed",

@@ -12,6 +12,8 @@ State dicts hold the bare model's weights: no ``module.`` (DDP) or ``_orig_mod.`
 """
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -76,12 +78,68 @@ def checkpoint_path(data_dir: Path, data_date: str) -> Path:
     return data_file(data_dir, "checkpoint", data_date)
 
 
+class BackgroundWriter:
+    """Writes checkpoints on a thread of its own, one at a time, so that training
+    goes on while a large one is written (a catalogue of 200,000 rows makes one of
+    170 MB, weights and Adam's two moments).
+
+    ``write(path, checkpoint)`` copies the checkpoint's tensors to the CPU first:
+    the copy is what is written, as the next steps change the originals. It waits
+    for the previous write to land, so at most one is under way. ``wait()`` returns
+    once the last write has landed, and raises its error if it failed. A process
+    killed mid-write leaves the previous checkpoint whole (files.write_atomically).
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._started = time.monotonic()
+
+    def seconds_since_write(self) -> float:
+        """Since the last write started, or since this writer was made."""
+        return time.monotonic() - self._started
+
+    def write(self, path: Path, checkpoint: dict) -> None:
+        self.wait()
+        copy = _on_cpu(checkpoint)
+        remove_leftovers(path)
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._save, args=(copy, path), daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _save(self, checkpoint: dict, path: Path) -> None:
+        try:
+            save_torch(checkpoint, path)
+        except BaseException as error:  # raised in the training thread by wait()
+            self._error = error
+
+
+def _on_cpu(value):
+    """``value`` with every tensor in it copied to the CPU, in dicts and lists."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
+
+
 def save_checkpoint(
+    writer: BackgroundWriter,
     path: Path,
     *,
     model,
-    optimizer,
-    scheduler,
+    optimizers: list,
+    schedulers: list,
     scaler,
     epoch: int,
     step: int,
@@ -89,19 +147,19 @@ def save_checkpoint(
     steps_per_epoch: int,
     metrics: list[dict],
     epoch_loss: tuple[float, float] = (0.0, 0.0),
-) -> Path:
+) -> None:
     """Everything that decides what happens after ``step`` optimizer steps of
     ``epoch``; ``step == steps_per_epoch`` once the epoch is over and in ``metrics``.
     ``epoch_loss`` is (sum of losses x rows, rows) of the epoch so far, over all ranks.
     Randomness needs no state: each epoch's shuffle is seeded by --seed and the
     epoch, and each step's dropout by --seed, the epoch, the step and the rank
-    (see train.py)."""
-    remove_leftovers(path)
-    return save_torch(
+    (see train.py). Written by ``writer``, in the background."""
+    writer.write(
+        path,
         {
             "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in optimizers],
+            "schedulers": [scheduler.state_dict() for scheduler in schedulers],
             "scaler": scaler.state_dict(),
             "epoch": epoch,
             "step": step,
@@ -110,7 +168,6 @@ def save_checkpoint(
             "metrics": metrics,
             "epoch_loss": list(epoch_loss),
         },
-        path,
     )
 
 
@@ -145,6 +202,11 @@ def load_checkpoint(
             f"--resume: {path} took {checkpoint.get('steps_per_epoch')} steps per epoch, this "
             f"run would take {steps_per_epoch}; resume with that run's --bs, --accumulate and "
             "number of processes"
+        )
+    if "optimizers" not in checkpoint:
+        raise UsageError(
+            f"--resume: {path} was written by an older train.py (one optimizer); "
+            "finish that run with the code that started it, or train without --resume"
         )
     # Checkpoints of quikgen 0.1 were written after whole epochs only.
     checkpoint.setdefault("step", checkpoint.get("steps_per_epoch"))

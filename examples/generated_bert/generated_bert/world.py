@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 
 @dataclass(frozen=True)
@@ -149,3 +150,41 @@ def broadcast_from_logger(tensors: dict[str, torch.Tensor], world: World) -> dic
         for tensor in tensors.values():
             dist.broadcast(tensor, src=0)
     return tensors
+
+
+def average_gradients(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP's communication hook: every rank's gradients averaged, as DDP does by
+    itself, and the sparse ones of embedding tables (``sparse=True``) too. NCCL
+    cannot all-reduce a sparse tensor (gloo can), so each rank's rows are gathered
+    instead: a sparse tensor with every rank's rows is the sum of the gradients.
+    Only the rows the batches looked up travel, not whole tables."""
+    gradient = bucket.buffer()
+    if not gradient.is_sparse:
+        return allreduce_hook(state, bucket)
+    gradient = gradient.coalesce()
+    indices, values = gradient.indices(), gradient.values()
+    # Ranks looked up different numbers of rows: pad each to the most, then cut.
+    counts = _gathered(torch.tensor([indices.shape[1]], device=values.device))
+    most = int(counts.max())
+    padded_indices = indices.new_zeros(indices.shape[0], most)
+    padded_indices[:, : indices.shape[1]] = indices
+    padded_values = values.new_zeros(most, *values.shape[1:])
+    padded_values[: len(values)] = values
+    all_indices = _gathered(padded_indices.T)
+    all_values = _gathered(padded_values)
+    # Rank r's rows start at r * most in what was gathered; its first count are real.
+    rows = [torch.arange(count) + rank * most for rank, count in enumerate(counts.tolist())]
+    rows = torch.cat(rows).to(values.device)
+    mean = torch.sparse_coo_tensor(
+        all_indices[rows].T, all_values[rows] / dist.get_world_size(), gradient.shape
+    )
+    future = torch.futures.Future()
+    future.set_result(mean.coalesce())
+    return future
+
+
+def _gathered(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` (all the same shape), stacked along the first dimension."""
+    gathered = tensor.new_empty(dist.get_world_size() * tensor.shape[0], *tensor.shape[1:])
+    dist.all_gather_into_tensor(gathered, tensor.contiguous())
+    return gathered
