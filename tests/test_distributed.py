@@ -96,8 +96,10 @@ def test_mixed_precision_on_the_cpu_learns(project, data_dir, precision):
     assert valid[1] < valid[0]
 
 
-def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(project, data_dir, tmp_path):
-    args = ["--epochs", "4", "--bs", "16", "--save_every", "0"]  # epoch checkpoints only
+def killed_after_a_checkpoint(project, data_dir, tmp_path, args):
+    """Train with ``args`` to the end in a copy of the data, and again in ``data_dir``
+    killed with kill -9 as soon as its first checkpoint has landed; returns the copy's
+    folder and that checkpoint as it was left."""
     uninterrupted = tmp_path / "uninterrupted"
     shutil.copytree(data_dir, uninterrupted)
     train(project, uninterrupted, *args)
@@ -106,9 +108,15 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(project, data
     process, checkpoint = start_until_checkpoint(project, data_dir / f"checkpoint_{DATE}.pt", command,
                                                  stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL)
-    os.kill(process.pid, signal.SIGKILL)  # during epoch 2: epoch 1's checkpoint just landed
+    os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert torch.load(checkpoint, weights_only=True)["epoch"] == 0
+    return uninterrupted, torch.load(checkpoint, weights_only=True)
+
+
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(project, data_dir, tmp_path):
+    args = ["--epochs", "4", "--bs", "16", "--save_every", "0"]  # epoch checkpoints only
+    uninterrupted, saved = killed_after_a_checkpoint(project, data_dir, tmp_path, args)
+    assert saved["epoch"] == 0  # killed during epoch 2: epoch 1's checkpoint had just landed
     assert not (data_dir / f"metrics_{DATE}.csv").exists()
 
     result = train(project, data_dir, *args, "--resume")
@@ -122,17 +130,7 @@ def test_kill_9_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(
         project, data_dir, tmp_path, save_every):
     # 1,280 steps an epoch: the first checkpoint, after 25 steps or a second, lands mid-epoch.
     args = ["--epochs", "2", "--bs", "8", "--save_every", save_every]
-    uninterrupted = tmp_path / "uninterrupted"
-    shutil.copytree(data_dir, uninterrupted)
-    train(project, uninterrupted, *args)
-
-    command = [sys.executable, "main.py", "--data_dir", str(data_dir), "--gpus", "0", *args]
-    process, checkpoint = start_until_checkpoint(project, data_dir / f"checkpoint_{DATE}.pt", command,
-                                                 stdout=subprocess.DEVNULL,
-                                                 stderr=subprocess.DEVNULL)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    saved = torch.load(checkpoint, weights_only=True)
+    uninterrupted, saved = killed_after_a_checkpoint(project, data_dir, tmp_path, args)
     assert saved["epoch"] == 0 and 0 < saved["step"] < saved["steps_per_epoch"]
 
     result = train(project, data_dir, *args, "--resume")
