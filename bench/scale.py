@@ -396,6 +396,7 @@ def print_tables(scale: dict) -> None:
         ("ranks RSS MB", get("train", "peak_ranks_rss_mb", fmt="{:,.0f}")),
         ("ranks PSS MB", get("train", "peak_ranks_pss_mb", fmt="{:,.0f}")),
         ("run RSS MB", get("train", "run_peak_rss_mb", fmt="{:,.0f}")),
+        ("run PSS MB", get("train", "run_peak_pss_mb", fmt="{:,.0f}")),
         ("ckpt MB", get("train", "checkpoint_mb", fmt="{:,.0f}")),
         ("data s", get("data_step", "seconds")),
         ("data RSS MB", get("data_step", "peak_rss_mb", fmt="{:,.0f}")),
@@ -503,6 +504,8 @@ def scale_bench(work: Path, report: dict, render, quick: bool = False) -> None:
         "procs2_ranks_rss_vs_one": two["peak_ranks_rss_mb"] / one["peak_ranks_rss_mb"],
         "procs2_ranks_pss_vs_one": two["peak_ranks_pss_mb"] / one["peak_ranks_pss_mb"],
         "procs2_rows_per_s_vs_one": two["rows_per_s"] / one["rows_per_s"],
+        "procs2_run_rss_vs_one": two["run_peak_rss_mb"] / one["run_peak_rss_mb"],
+        "procs2_run_pss_vs_one": two["run_peak_pss_mb"] / one["run_peak_pss_mb"],
         "largest_data_step_rss_vs_csv": done[largest]["data_step"]["peak_rss_vs_csv"],
         "procs2_valid_loss_minus_one": two["valid_loss"] - one["valid_loss"],
         "checkpoints_every_minute_epoch_vs_default": (
