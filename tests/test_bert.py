@@ -176,5 +176,6 @@ def test_the_given_betas_hold_to_the_last_step(project, tmp_path):
     data_dir = prepared_data(project, tmp_path / "data")
     train(project, "--data_dir", str(data_dir), "--epochs", "1", "--betas", "0.5,0.999")
     (checkpoint,) = data_dir.glob("checkpoint_*.pt")
-    groups = torch.load(checkpoint, weights_only=True)["optimizer"]["param_groups"]
+    optimizers = torch.load(checkpoint, weights_only=True)["optimizers"]
+    groups = [group for optimizer in optimizers for group in optimizer["param_groups"]]
     assert {tuple(group["betas"]) for group in groups} == {(0.5, 0.999)}
