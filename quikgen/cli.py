@@ -38,7 +38,9 @@ def main_options(
 @app.command()
 def new(
     dest: Annotated[Path, typer.Argument(help="Folder to create; its name is the project name.")],
-    kind: Annotated[str, typer.Option(help="Project kind; `quikgen kinds` lists them.")] = "recommender",
+    kind: Annotated[str | None, typer.Option(
+        help="Project kind; `quikgen kinds` lists them. Asked on a terminal; else recommender.",
+        show_default=False)] = None,
     defaults: Annotated[bool, typer.Option(
         "--defaults", help="Never ask: take every answer from --data or its default.")] = False,
     data: Annotated[list[str], typer.Option(
@@ -52,7 +54,8 @@ def new(
 ) -> None:
     """Create a new training project in DEST."""
     with reported():
-        created = create_project(dest, kind, defaults, data, no_git, template, vcs_ref)
+        created = create_project(dest, kind=kind, defaults=defaults, data=data, no_git=no_git,
+                                 template=template, vcs_ref=vcs_ref)
     typer.echo(f"Created {dest} ({created.kind} project) from quikgen template {created.version}.")
     typer.echo("Next:")
     typer.echo(f"  cd {dest}")

@@ -1,6 +1,7 @@
 """quikgen new: render a project into a new folder, then version it with git."""
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +28,20 @@ def check_destination(dest: Path) -> None:
         raise QuikgenError(f"{dest} is not empty; choose a new folder (quikgen never overwrites files)")
 
 
-def check_kind(kind: str, questions: dict[str, dict]) -> None:
+def check_kind(kind: str | None, questions: dict[str, dict]) -> None:
     known = kinds(questions)
-    if known and kind not in known:
+    if kind is not None and known and kind not in known:
         raise QuikgenError(f"unknown kind {kind!r}; choose one of: {', '.join(known)}")
 
 
-def create_project(dest: Path, kind: str, defaults: bool, data: list[str], no_git: bool,
-                   template: str | None, vcs_ref: str | None) -> Created:
+def create_project(dest: Path, *, kind: str | None = None, defaults: bool = False,
+                   data: Sequence[str] = (), no_git: bool = False, template: str | None = None,
+                   vcs_ref: str | None = None) -> Created:
     """Render the template (quikgen's own, or ``template`` at ``vcs_ref``) into the
-    new folder ``dest``, then commit it. Every check comes before anything is written."""
+    new folder ``dest``, then commit it. Every check comes before anything is written.
+
+    Without ``kind`` (or ``--data kind=...``), copier asks it on a terminal, listing
+    each kind with its line, and takes the template's default elsewhere."""
     check_destination(dest)
     if template is None:
         questions = bundled_questions()
@@ -53,7 +58,8 @@ def create_project(dest: Path, kind: str, defaults: bool, data: list[str], no_gi
         answers = parse_data(data, questions)
         check_kind(kind, questions)
         ref = vcs_ref
-    answers.setdefault("kind", kind)
+    if kind is not None:
+        answers.setdefault("kind", kind)
     worker = copier.run_copy(
         str(src), dest, data=answers,
         # The package name's default is the template's own rule, from the project name.

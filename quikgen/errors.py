@@ -27,15 +27,30 @@ def copier_message(error: Exception) -> str:
     return text
 
 
+def raised_in_copier(error: BaseException) -> bool:
+    """Whether copier's own code raised ``error``: copier refuses an answer with a
+    plain ValueError, where the same type from quikgen's code is a bug."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    module = frame.tb_frame.f_globals.get("__name__", "") if frame is not None else ""
+    return module.partition(".")[0] == "copier"
+
+
 @contextmanager
 def reported() -> Iterator[None]:
     """Show a QuikgenError, or copier's refusal of an answer or a template, as
-    ``error: <one line>`` on stderr, and exit 1."""
+    ``error: <one line>`` on stderr, and exit 1. Anything else is a bug in quikgen
+    and keeps its traceback."""
     try:
         yield
     except QuikgenError as error:
         message = one_line(str(error))
-    except (CopierError, ValueError) as error:
+    except CopierError as error:
+        message = copier_message(error)
+    except ValueError as error:
+        if not raised_in_copier(error):
+            raise
         message = copier_message(error)
     else:
         return

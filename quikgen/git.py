@@ -13,6 +13,17 @@ MISSING = "git is not installed; install git (quikgen versions the template and 
 # The first commit of `quikgen new` takes this only when git has no identity configured.
 NEUTRAL_IDENTITY = ["-c", "user.name=quikgen", "-c", "user.email=quikgen@localhost"]
 
+# The template source (source.py) is written by quikgen alone, so its commits use a
+# fixed identity and ignore the user's git configuration (hooks, signing).
+AS_QUIKGEN = {
+    "GIT_AUTHOR_NAME": "quikgen",
+    "GIT_AUTHOR_EMAIL": "quikgen@localhost",
+    "GIT_COMMITTER_NAME": "quikgen",
+    "GIT_COMMITTER_EMAIL": "quikgen@localhost",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
 
 def _run(repo: Path | None, args: tuple[str, ...], env: dict[str, str] | None) -> subprocess.CompletedProcess:
     where = ["-C", str(repo)] if repo is not None else []
@@ -33,6 +44,12 @@ def git(repo: Path | None, *args: str, env: dict[str, str] | None = None, error:
         where = f" in {repo}" if repo is not None else ""
         raise QuikgenError(error or f"git {' '.join(args)} failed{where}: {said}")
     return result.stdout
+
+
+def as_quikgen(repo: Path, *args: str) -> str:
+    """``git -C repo ARGS`` as quikgen itself (AS_QUIKGEN), its output stripped: for
+    the template source, which no user writes."""
+    return git(repo, *args, env=AS_QUIKGEN).strip()
 
 
 def succeeds(repo: Path | None, *args: str, env: dict[str, str] | None = None) -> bool:

@@ -29,17 +29,6 @@ from .errors import QuikgenError
 # Files that tools leave inside a checkout's template and that are not part of it.
 NOT_TEMPLATE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ruff_cache", ".pytest_cache")
 
-# The source is written by quikgen alone, so its commits use a fixed identity
-# and ignore the user's git configuration (hooks, signing).
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "quikgen",
-    "GIT_AUTHOR_EMAIL": "quikgen@localhost",
-    "GIT_COMMITTER_NAME": "quikgen",
-    "GIT_COMMITTER_EMAIL": "quikgen@localhost",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
-
 CONFIG = "copier.yml"
 
 
@@ -86,10 +75,6 @@ def source_dir() -> Path:
     return Path(home).expanduser().resolve() / "template"
 
 
-def _git(repo: Path, *args: str) -> str:
-    return g.git(repo, *args, env=GIT_ENV).strip()
-
-
 @contextmanager
 def _locked(path: Path):
     """One quikgen at a time writes the source."""
@@ -105,7 +90,7 @@ def _locked(path: Path):
 def _tags_for(repo: Path, version: str) -> list[str]:
     """v{version} and its .postN tags, oldest first."""
     pattern = re.compile(rf"^v{re.escape(version)}(\.post\d+)?$")
-    tags = [tag for tag in _git(repo, "tag", "--list").splitlines() if pattern.match(tag)]
+    tags = [tag for tag in g.as_quikgen(repo, "tag", "--list").splitlines() if pattern.match(tag)]
     return sorted(tags, key=lambda tag: Version(tag))
 
 
@@ -127,27 +112,28 @@ def publish(version: str = __version__, template: Path | None = None) -> tuple[P
     with _locked(repo.parent / "template.lock"):
         if not (repo / ".git").is_dir():
             repo.mkdir(parents=True, exist_ok=True)
-            _git(repo, "init", "--quiet", "--initial-branch=main")
+            g.as_quikgen(repo, "init", "--quiet", "--initial-branch=main")
         # Replace the work tree with the template, then ask git whether a tag
         # of this version already holds exactly that tree.
         for entry in repo.iterdir():
             if entry.name != ".git":
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         copy_template(template, repo)
-        _git(repo, "add", "--all")
-        tree = _git(repo, "write-tree")
+        g.as_quikgen(repo, "add", "--all")
+        tree = g.as_quikgen(repo, "write-tree")
         existing = _tags_for(repo, version)
         for tag in reversed(existing):
-            if _git(repo, "rev-parse", f"{tag}^{{tree}}") == tree:
-                _git(repo, "reset", "--quiet", "--hard")
-                _git(repo, "clean", "-fdxq")
+            if g.as_quikgen(repo, "rev-parse", f"{tag}^{{tree}}") == tree:
+                g.as_quikgen(repo, "reset", "--quiet", "--hard")
+                g.as_quikgen(repo, "clean", "-fdxq")
                 return repo, tag
 
         tag = f"v{version}" if not existing else f"v{version}.post{len(existing)}"
         # One commit per tag, even when the template did not change: copier names
         # a project's version after the commit it rendered (`git describe`).
-        _git(repo, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", f"quikgen {tag} template")
-        _git(repo, "tag", tag)
+        g.as_quikgen(repo, "commit", "--quiet", "--no-verify", "--allow-empty",
+                     "-m", f"quikgen {tag} template")
+        g.as_quikgen(repo, "tag", tag)
         return repo, tag
 
 
@@ -157,7 +143,3 @@ def looks_published(src: str) -> bool:
     path is known: on a teammate's machine it does not exist."""
     path = Path(src).expanduser()
     return path.is_absolute() and path.parts[-2:] == ("quikgen", "template")
-
-
-def has_tag(repo: Path, tag: str) -> bool:
-    return g.has_tag(repo, tag, env=GIT_ENV)

@@ -13,7 +13,7 @@ from . import git
 from .answers import ANSWERS_FILE, parse_data, read_answers
 from .errors import QuikgenError
 from .questions import bundled_questions
-from .source import has_tag, looks_published, publish, source_dir
+from .source import looks_published, publish, source_dir
 
 
 @dataclass
@@ -77,7 +77,7 @@ def plan_update(project: Path, data: list[str]) -> Plan:
 def require_tag(repo: Path, tag: str) -> None:
     """copier replays the project's edits on the template version it was made
     from, so that version must be in this machine's source too."""
-    if has_tag(repo, tag):
+    if git.has_tag(repo, tag, env=git.AS_QUIKGEN):
         return
     version = Version(tag).base_version
     if Version(tag).public != version:  # a .postN tag: only that development checkout has it

@@ -3,12 +3,15 @@
 import re
 import string
 import subprocess
+import sys
 
 import jinja2
+import pexpect
 import pytest
 import yaml
 
 from quikgen import __version__
+from quikgen.errors import reported
 from quikgen.source import source_dir
 
 from .conftest import REPO, TEMPLATE, git, quikgen
@@ -109,6 +112,30 @@ def test_a_failing_first_commit_is_one_line(tmp_path, monkeypatch):
     assert "Traceback" not in result.output
 
 
+def test_new_on_a_terminal_asks_the_kind_listing_each(tmp_path):
+    # A user who has never heard of --kind is shown the kinds, one line each, and
+    # picks bert with the arrow keys; every other question is answered with Enter.
+    child = pexpect.spawn(sys.executable, ["-m", "quikgen", "new", str(tmp_path / "proj")],
+                          encoding="utf-8", timeout=60, dimensions=(40, 200))
+    asked = []
+    # copier's questions start with its microphone; a redrawn question is not a new one.
+    while child.expect(["\U0001f3a4\x1b\\[0;1m ([^\x1b\r\n]+)",
+                        r"Created \S+ \((\w+) project\)"]) == 0:
+        question = child.match.group(1).strip()
+        if asked and asked[-1] == question:
+            continue
+        asked.append(question)
+        if question == "What the project trains":
+            child.expect("recommender: matrix factorisation")
+            child.expect("bert: fine-tune a BERT-family text classifier")
+            child.send("\x1b[B")  # down: the second kind
+        child.send("\r")
+    assert child.match.group(1) == "bert"
+    assert "What the project trains" in asked
+    child.expect(pexpect.EOF)
+    assert answers(tmp_path / "proj")["kind"] == "bert"
+
+
 def test_kind_option_is_recorded(tmp_path):
     result = quikgen("new", str(tmp_path / "proj"), "--kind", "recommender")
     assert result.exit_code == 0, result.output
@@ -145,6 +172,20 @@ def test_vcs_ref_picks_a_tag_of_the_source(tmp_path, template_repo):
     assert result.exit_code == 0, result.output
     assert answers(tmp_path / "proj")["_commit"] == "v1.0.0"
     assert "Template version two." not in (tmp_path / "proj" / "README.md").read_text()
+
+
+def test_the_copier_internals_that_questions_py_reads_are_there(template_repo):
+    # copier has no public way to read a template's questions before rendering it;
+    # questions.py uses copier's Template. This pins what it relies on, so a copier
+    # release that changes them fails here, not in a user's `quikgen new --template`.
+    from quikgen.questions import Template
+
+    template = Template(url=str(template_repo), ref="v1.0.0")
+    try:
+        assert template.questions_data["kind"]["default"] == "recommender"
+        assert template.commit == "v1.0.0"
+    finally:
+        template._cleanup()
 
 
 def test_update_takes_a_newer_template_tag(tmp_path, template_repo):
@@ -203,6 +244,13 @@ def test_invalid_project_name_is_refused(tmp_path):
     assert result.exit_code == 1
     assert "project_name must start with a letter" in result.output
     assert not (tmp_path / "my-pkg!").exists()
+
+
+def test_a_value_error_of_quikgen_itself_keeps_its_traceback():
+    # copier refuses answers with ValueError; the same error from quikgen is a bug,
+    # and one line would hide where it came from.
+    with pytest.raises(ValueError, match="a bug"), reported():
+        int("a bug")
 
 
 def test_non_empty_destination_is_refused_and_left_alone(tmp_path):

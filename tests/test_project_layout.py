@@ -76,6 +76,8 @@ def test_no_module_imports_main_and_the_imports_have_no_cycle(project):
     assert {"launch", "world"} <= set(graph)
     assert [name for name, targets in graph.items() if "launch" in targets] == ["main"]
     assert "launch" not in graph["world"] and "launch" not in graph["train"]
+    # The loop knows nothing optional: a search reaches it through a callback.
+    assert "tune" not in graph["train"] and "tune" not in graph["task"]
 
 
 def test_only_the_entry_points_take_the_parsed_arguments(project):
@@ -99,6 +101,16 @@ def test_only_the_entry_points_take_the_parsed_arguments(project):
 def test_the_loop_and_the_launcher_have_no_kind_branches():
     template = Path(__file__).resolve().parent.parent / "templates" / "project"
     for path in [template / "main.py.jinja",
-                 template / "{{ package_name }}" / "train.py.jinja"]:
+                 template / "{{ package_name }}" / "train.py"]:
         jinja = re.findall(r"{%.*?%}|{{.*?}}", path.read_text(), re.S)
         assert [tag for tag in jinja if "kind" in tag] == [], path.name
+
+
+def test_options_reach_the_loop_and_main_by_file_not_by_tag():
+    # A tracker (or none) is its own tracking.py, with the same calls; the loop is
+    # plain Python, and main.py branches only on the search.
+    template = Path(__file__).resolve().parent.parent / "templates" / "project"
+    assert (template / "{{ package_name }}" / "train.py").is_file()
+    assert not (template / "{{ package_name }}" / "train.py.jinja").exists()
+    tags = re.findall(r"{%.*?%}", (template / "main.py.jinja").read_text(), re.S)
+    assert len(tags) <= 6, tags

@@ -95,9 +95,9 @@ def test_mlflow_gets_one_parent_and_a_child_per_trial(project, tmp_path):
         ("lr: {loguniform: {lower: 1.0e-1, upper: 1.0e-3}}\n", "lr.loguniform has lower 0.1 >= upper"),
         ("learning_rat: {uniform: {lower: 0, upper: 1}}\n", "'learning_rat' is not a training argument"),
         ("bs: {uniform: {lower: 8, upper: 64}}\n", "bs takes whole numbers"),
-        ("bs: {choice: {categories: [8, big]}}\n", "bs value 'big' is not valid"),
+        ("bs: {choice: {categories: [8, big]}}\n", "tune.yaml: bs: must be a whole number"),
         ("precision: {choice: {categories: [bf16, bf17]}}\n",
-         "precision value 'bf17' is not one of fp32, bf16, fp16"),
+         "tune.yaml: precision: invalid choice 'bf17' (choose from fp32, bf16, fp16, auto)"),
     ],
 )
 def test_malformed_search_space_fails_in_seconds_naming_the_key(project, tmp_path, space, message):

@@ -30,7 +30,7 @@ def old_template(tmp_path):
     """quikgen 0.0.9's template: today's, with a different loop and README."""
     template = tmp_path / "quikgen-0.0.9-template"
     shutil.copytree(TEMPLATE, template, ignore=shutil.ignore_patterns("__pycache__"))
-    edit(template / "templates" / "project" / "{{ package_name }}" / "train.py.jinja",
+    edit(template / "templates" / "project" / "{{ package_name }}" / "train.py",
          "    torch.manual_seed(args.seed)\n", "    torch.manual_seed(args.seed)\n" + OLD_LINE)
     edit(template / "templates" / "project" / "README.md.jinja", "## Quick start", "## Quick start (0.0.9)")
     return template

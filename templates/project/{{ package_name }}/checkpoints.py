@@ -136,11 +136,8 @@ def _on_cpu(value):
 def save_checkpoint(
     writer: BackgroundWriter,
     path: Path,
+    learner_state: dict,
     *,
-    model,
-    optimizers: list,
-    schedulers: list,
-    scaler,
     epoch: int,
     step: int,
     epochs: int,
@@ -149,18 +146,17 @@ def save_checkpoint(
     epoch_loss: tuple[float, float] = (0.0, 0.0),
 ) -> None:
     """Everything that decides what happens after ``step`` optimizer steps of
-    ``epoch``; ``step == steps_per_epoch`` once the epoch is over and in ``metrics``.
-    ``epoch_loss`` is (sum of losses x rows, rows) of the epoch so far, over all ranks.
-    Randomness needs no state: each epoch's shuffle is seeded by --seed and the
-    epoch, and each step's dropout by --seed, the epoch, the step and the rank
-    (see train.py). Written by ``writer``, in the background."""
+    ``epoch``: ``learner_state`` (the model's, optimizers', schedulers' and
+    scaler's state dicts) and the place; ``step == steps_per_epoch`` once the epoch
+    is over and in ``metrics``. ``epoch_loss`` is (sum of losses x rows, rows) of
+    the epoch so far, over all ranks. Randomness needs no state: each epoch's
+    shuffle is seeded by --seed and the epoch, and each step's dropout by --seed,
+    the epoch, the step and the rank (see train.py). Written by ``writer``, in the
+    background."""
     writer.write(
         path,
         {
-            "model": unwrap(model).state_dict(),
-            "optimizers": [optimizer.state_dict() for optimizer in optimizers],
-            "schedulers": [scheduler.state_dict() for scheduler in schedulers],
-            "scaler": scaler.state_dict(),
+            **learner_state,
             "epoch": epoch,
             "step": step,
             "epochs": epochs,

@@ -1,5 +1,5 @@
 """Loss bookkeeping: a smoothed loss for the progress bar, the per-epoch table and
-its curve."""
+its curve; and the tracker of a process that tracks nothing."""
 
 import time
 from datetime import timedelta
@@ -92,3 +92,24 @@ def save_loss_curve(rows: list[dict], best: int, path: Path) -> Path:
     write_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
     return path
+
+
+class NotTracked:
+    """What a process that tracks nothing logs to (see tracking.run_logger): every
+    rank but 0, and every rank of a job without a tracked run. It drops it all, so
+    train() logs the same way whether a run is tracked or not."""
+
+    def log_metric(self, key: str, value: float, step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def set_tag(self, key: str, value) -> None:
+        pass
+
+    def log_artifact(self, path: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
