@@ -125,19 +125,21 @@ def macro_f1(data_dir):
     return float(re.search(r"macro avg\s+\S+\s+\S+\s+([0-9.]+)", report.read_text()).group(1))
 
 
-def imbalanced_csv(tmp_path):
-    """90% of the texts are one label, told apart from the rest by one word."""
-    rows = [f"the room was great and the food was lovely {i % 7},happy" for i in range(540)]
-    rows += [f"the room was awful and the food was lovely {i % 7},unhappy" for i in range(60)]
+def imbalanced_csv(tmp_path, rare: int = 60):
+    """600 texts, ``rare`` of them (10% by default) one label and the rest another,
+    told apart by one word."""
+    rows = [f"the room was great and the food was lovely {i % 7},happy" for i in range(600 - rare)]
+    rows += [f"the room was awful and the food was lovely {i % 7},unhappy" for i in range(rare)]
     csv = tmp_path / "imbalanced.csv"
     csv.write_text("text,label\n" + "\n".join(rows) + "\n")
     return csv
 
 
 def test_balance_raises_macro_f1_on_imbalanced_labels(project, tmp_path):
-    # In four epochs the plain loss learns only the majority; both kinds of balance
-    # learn both.
-    csv = imbalanced_csv(tmp_path)
+    # 5% of one label: in four epochs the plain loss does not learn it as well as
+    # both kinds of balance do. (At 10%, batches that hold the labels as the split
+    # does, since quikgen 0.4.1, learn it with the plain loss too.)
+    csv = imbalanced_csv(tmp_path, rare=30)
     scores = {}
     for balance in ("none", "weights", "oversample"):
         data_dir = tmp_path / balance

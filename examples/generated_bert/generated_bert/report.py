@@ -84,10 +84,11 @@ def classification_summary(predictions, labels, label_names, data_dir, data_date
     )
     predicted = predictions.unique()
     if len(predicted) == 1 and len(labels.unique()) > 1:
+        share = float((labels == predicted).double().mean())
         print(
-            f"warning: every test text was predicted {label_names[int(predicted)]!r}: the "
-            "model learned only that label; try --balance weights, more --epochs or "
-            "another --lr",
+            f"warning: every test text was predicted {label_names[int(predicted)]!r}, the "
+            f"label of {share * 100:.0f}% of them: the model learned only how common it is; try "
+            "--balance weights (rarer labels weigh more in the loss) or more --epochs",
             file=sys.stderr,
         )
     return metrics, [report_file, confusion_file]

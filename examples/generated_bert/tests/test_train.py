@@ -9,6 +9,8 @@ import main as entry_point
 from generated_bert.data import load_label_names
 from generated_bert.data import main as prepare_data
 from generated_bert.hf import build_tiny_model, get_tokenizer, load_encoded_split, save_bert_model
+from generated_bert.report import classification_summary
+from generated_bert.task import length_grouped_batches
 
 DATE = "20240131"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -112,3 +114,41 @@ def test_a_model_that_is_not_there_names_the_way_out(setup):
         run(data_dir, data_dir / "no-such-model")
     assert "no such model folder" in str(exit_info.value)
     assert "--tiny-model" in str(exit_info.value)
+
+
+def test_training_batches_mix_the_labels_where_one_label_runs_longer():
+    # 3 labels, 256 texts each; label 2's texts are twice as long as the others'.
+    # Sorted by length alone, the windows' first batches would hold label 2 only.
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(256)
+    lengths = torch.randint(10, 30, (768,), generator=generator) * torch.where(labels == 2, 2, 1)
+    encoded = {
+        # Every token of a text is its row number, so a batch says which rows it holds.
+        "input_ids": torch.arange(768).repeat_interleave(lengths),
+        "offsets": torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
+        "labels": labels,
+        "pad_id": torch.tensor(-1),
+    }
+    rows = torch.randperm(768, generator=generator)
+    batches = list(length_grouped_batches(encoded, rows, 32, shuffle_seed=0))
+
+    seen = torch.cat([batch["input_ids"][:, 0] for batch in batches])
+    assert torch.equal(seen.sort().values, torch.arange(768))  # every row once
+    largest_share = max(
+        torch.bincount(batch["labels"], minlength=3).max() / len(batch["labels"])
+        for batch in batches
+    )
+    assert largest_share < 0.5
+    # Still grouped by length: fewer padded tokens than batches cut in random order.
+    padded = sum(batch["attention_mask"].numel() for batch in batches)
+    unsorted = sum(len(chunk) * int(lengths[chunk].max()) for chunk in rows.split(32))
+    assert padded < 0.85 * unsorted
+
+
+def test_a_model_that_predicts_one_label_is_told_what_helps(tmp_path, capsys):
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    predictions = torch.zeros(10, dtype=torch.int64)
+    classification_summary(predictions, labels, ["common", "rare"], tmp_path, DATE)
+    warning = capsys.readouterr().err
+    assert "every test text was predicted 'common', the label of 80% of them" in warning
+    assert "--balance weights" in warning

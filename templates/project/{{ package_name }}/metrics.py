@@ -5,7 +5,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from .files import write_atomically
+from .files import remove_leftovers, write_atomically
 
 
 class SmoothedLoss:
@@ -89,6 +89,7 @@ def save_loss_curve(rows: list[dict], best: int, path: Path) -> Path:
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.legend()
     figure.tight_layout()
+    remove_leftovers(path)
     write_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
     return path
