@@ -114,3 +114,13 @@ def test_options_reach_the_loop_and_main_by_file_not_by_tag():
     assert not (template / "{{ package_name }}" / "train.py.jinja").exists()
     tags = re.findall(r"{%.*?%}", (template / "main.py.jinja").read_text(), re.S)
     assert len(tags) <= 6, tags
+
+
+def test_serving_varies_by_kind_and_engine_by_file_not_by_tag():
+    # What differs by kind is in serving.py, what differs by engine in its module.
+    package = Path(__file__).resolve().parent.parent / "templates" / "project" / "{{ package_name }}"
+    for name in ("serve.py", "api.py"):
+        text = (package / f"{{% if use_serve %}}{name}{{% endif %}}.jinja").read_text()
+        tags = re.findall(r"{%.*?%}", text, re.S)
+        assert len(tags) <= 10, (name, tags)
+        assert not re.search(r"{[{%][^}]*\bkind\b", text), name

@@ -80,6 +80,7 @@ def train(
     task = Task(TaskSettings.pick(vars(args)), args.data_dir, args.data_date, world)
     model = task.build_model().to(world.device)
     train_rows = task.training_rows(args.seed)
+
     rows_per_rank = math.ceil(len(train_rows) / world.world_size)
     steps_per_epoch = math.ceil(math.ceil(rows_per_rank / args.bs) / args.accumulate)
 
