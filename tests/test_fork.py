@@ -24,6 +24,7 @@ PREVIOUS = "v0.1.0"
 PREVIOUS_COMMIT = "7660999f43f9a8eaff8196fafd1c12bafdfcb2be"
 # The last release whose projects answered use_mlflow, before the tracker question.
 RELEASE_0_2_0 = "5016cacc457ba03b70b08ee1a47a03119cb2e6e8"
+RELEASE_0_3_1 = "bea89a6e605b61a6471a2dd8881a483d1ea60be7"
 USER_LINE = "# our team's note\n"
 
 
@@ -161,7 +162,7 @@ def test_a_project_from_the_previous_release_updates_across_the_layout_change(tm
 
     result = quikgen("update", str(project))
     assert result.exit_code == 0, result.output
-    assert answers(project)["_commit"] == f"v{__version__}" == "v0.4.1"
+    assert answers(project)["_commit"] == f"v{__version__}" == "v0.5.0"
     assert (project / "main.py").read_text().endswith(USER_LINE)
     assert git(project, "diff", "--name-only", "--diff-filter=U") == ""
     marked = run("git", "grep", "--untracked", "-l", "-e", "^<<<<<<< ", "-e", "^>>>>>>> ",
@@ -224,3 +225,42 @@ def test_a_0_2_0_project_with_mlflow_keeps_its_edits_and_switches_tracker(tmp_pa
     python(project, "main.py", "--epochs", "1", "--gpus", "0", "--use_tensorboard",
            "--run_name", "switched")
     assert list((project / "runs" / "switched").glob("events.out.tfevents.*"))
+
+
+def test_a_0_3_1_project_keeps_its_edits_across_the_step_and_serving_split(tmp_path, monkeypatch):
+    """0.4 rewrote train.py as named steps, added tracking.py for no tracker and split
+    serving into serving.py and the engine's module. A 0.3.1 project with a model of
+    its own and edits to template-owned files updates cleanly, trains and serves."""
+    monkeypatch.setenv("QUIKGEN_HOME", str(tmp_path / "home"))
+    old = previous_release(tmp_path / "quikgen-0.3.1", RELEASE_0_3_1)
+    src, tag = publish("0.3.1", old)
+    project = tmp_path / "served"
+    copier.run_copy(str(src), project, data={"project_name": "served", "use_serve": True},
+                    vcs_ref=tag, defaults=True, quiet=True)
+    assert answers(project)["tracker"] == "none"
+    assert not (project / "served" / "tracking.py").exists()
+    git(project, "init", "-q", "-b", "main")
+    commit_all(project, "generated with quikgen 0.3.1")
+    with open(project / "main.py", "a") as main:
+        main.write(USER_LINE)
+    edit(project / "served" / "model.py", "class MatrixFactorization(nn.Module):",
+         "class MatrixFactorization(nn.Module):  # ours now")
+    edit(project / "served" / "serve.py", '"best, orig or an epoch number >= 0",',
+         '"best, orig or an epoch number >= 0",  # read before every deploy')
+    commit_all(project)
+
+    result = quikgen("update", str(project))
+    assert result.exit_code == 0, result.output
+    assert answers(project)["_commit"] == f"v{__version__}"
+    assert (project / "main.py").read_text().endswith(USER_LINE)
+    assert "# ours now" in (project / "served" / "model.py").read_text()
+    assert "# read before every deploy" in (project / "served" / "serve.py").read_text()
+    assert (project / "served" / "serving.py").is_file()
+    assert "def open_run" in (project / "served" / "tracking.py").read_text()
+    assert git(project, "diff", "--name-only", "--diff-filter=U") == ""
+    run("ruff", "check", "--no-cache", ".", cwd=project)
+    python(project, "-m", "served.data", "--synthetic", "--rows", "2000")
+    assert "test RMSE" in python(project, "main.py", "--epochs", "1", "--gpus", "0").stdout
+    built = python(project, "-m", "served.serve", "build").stdout
+    assert "served.mar: epoch 0" in built
+    assert (project / "serve" / "build" / "model.pt2").is_file()

@@ -5,8 +5,6 @@ python main.py --epochs 3                # one process; a GPU if one is visible
 python main.py --gpus 4                  # one process per GPU
 python main.py --procs 2                 # two CPU processes (DDP with gloo)
 torchrun --nproc-per-node 4 main.py
-python main.py --use_ray_tune --num_samples 8   # search tune.yaml's space
-python main.py --ray_address local --ray_workers 2   # a Ray Train job; or a cluster's address
 """
 
 import sys
@@ -14,7 +12,7 @@ from functools import partial
 
 from generated_bert.args import UsageError
 from generated_bert.checkpoints import checkpoint_path, load_checkpoint, resumes
-from generated_bert.cli import build_parser, parse_args
+from generated_bert.cli import parse_args
 from generated_bert.launch import launch
 from generated_bert.stopping import Stopped
 from generated_bert.tracking import TrackingSettings, open_run
@@ -22,7 +20,6 @@ from generated_bert.train import train
 from generated_bert.tune import (
     ClusterSettings,
     SearchSettings,
-    load_search_space,
     run_on_ray_cluster,
     run_search,
     search_trial,
@@ -48,25 +45,17 @@ def run(args) -> None:
     checkpoint = checkpoint_path(args.output_dir, args.data_date)
     if resumes(args.resume, checkpoint):
         load_checkpoint(checkpoint, "cpu", args.epochs)
-    # Checked before Ray starts, so a typo costs seconds, not a cluster start.
-    space = load_search_space(args.tune_config, build_parser()) if args.use_ray_tune else None
-    # One MLflow run for the whole job, however many processes train in it
-    # (for a search: the parent of one run per trial); None without --use_mlflow.
+    # One run of the tracker for the whole job, however many processes train in it
+    # (for a search: the parent of one run per trial); None where nothing is tracked.
     tracking = TrackingSettings.pick(vars(args))
     with open_run(tracking, vars(args), node_rank=args.nr) as tracked_run:
-        if args.use_ray_tune:
-            run_search(
-                partial(search_trial, args, train, tracked_run),
-                space,
-                SearchSettings.pick(vars(args)),
-                tracking,
-                tracked_run,
-            )
+        if args.use_ray_tune:  # a search of tune.yaml's space; see tune.py
+            trial = partial(search_trial, args, train, tracked_run)
+            run_search(trial, SearchSettings.pick(vars(args)), tracking, tracked_run)
             return
-        if args.ray_address:
-            run_on_ray_cluster(
-                partial(train, args, tracked_run=tracked_run), ClusterSettings.pick(vars(args))
-            )
+        if args.ray_address:  # one training job on a Ray cluster
+            job = partial(train, args, tracked_run=tracked_run)
+            run_on_ray_cluster(job, ClusterSettings.pick(vars(args)))
             return
         launch(
             partial(train, args, tracked_run=tracked_run),

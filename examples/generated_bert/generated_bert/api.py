@@ -1,21 +1,22 @@
-"""Batched inference against the Ray Serve model: ``python -m generated_bert.api FILE --out OUT``.
+"""Batched inference against the served model: ``python -m generated_bert.api FILE --out OUT``.
 
-FILE is a CSV with a ``text`` column. OUT gets one row per input, in input
-order: the text, the predicted label, and each label's probability and logit.
+FILE is a CSV of records (see serving.read_records); OUT gets one row per record,
+in input order, with its prediction (serving.prediction_row).
 
 Records travel in batches (one request each), at most --workers requests at a
-time. A request the server answers 500, 503 or 507, or that cannot connect, is
-retried with backoff, so a Ray Serve restarted mid-run only slows the run down
-(404 too: a restarting Ray Serve listens a moment before its route exists).
-Rows are placed by record index, so a batch retried after the server scored it
-still appears once.
-Nothing is lost silently: if a batch still fails, the scored records are written
-and the error names the records that were not.
+time. A request the server answers with a status it gives while restarting, or
+that cannot connect, is retried with backoff, so a server restarted mid-run only
+slows the run down; how a request reaches the server (a token, say) is the
+engine's (ray_serve.post_batch). Rows are placed by record index, so
+a batch retried after the server scored it still appears once. Nothing is lost
+silently: if a batch still fails, the scored records are written and the error
+names the records that were not.
 """
 
 import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -23,11 +24,11 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from .args import non_negative_int, positive_int
+from . import ray_serve as engine
+from .args import UsageError, non_negative_int, positive_int
+from .serving import RECORDS_HELP, prediction_row, read_records
 
-DEFAULT_URL = "http://127.0.0.1:8080/predictions/generated_bert"
-# What a server that is starting or restarting answers: retried with backoff.
-RETRIED_STATUS = (404, 500, 503, 507)
+DEFAULT_URL = f"http://127.0.0.1:8080/predictions/{engine.MODEL_NAME}"
 
 
 class BatchInferenceError(RuntimeError):
@@ -45,7 +46,7 @@ def session_with_retries(retries: int, workers: int) -> requests.Session:
         read=retries,
         status=retries,
         backoff_factor=0.5,
-        status_forcelist=RETRIED_STATUS,
+        status_forcelist=engine.RETRIED_STATUS,
         allowed_methods=frozenset({"POST"}),
         raise_on_status=False,
     )
@@ -70,21 +71,23 @@ def ranges(indices: list[int]) -> str:
 
 def batch_inference(
     records: list,
-    index_labels: list[str] | None = None,
     batch_size: int = 50,
     url: str = DEFAULT_URL,
     workers: int = 4,
     retries: int = 5,
     timeout: float = 60,
+    **server_options,
 ) -> pd.DataFrame:
-    """Score ``records`` (texts) in batches: a row per record, in order.
-    ``index_labels`` orders the probability and logit columns (default: as served)."""
+    """Score ``records`` (as serving.read_records returns them) in batches: a row per
+    record, in order. ``server_options`` go to the engine's post_batch (TorchServe:
+    ``key_file``)."""
     session = session_with_retries(retries, workers)
     starts = list(range(0, len(records), batch_size))
 
     def score(start: int):
+        batch = records[start : start + batch_size]
         try:
-            response = session.post(url, json=records[start : start + batch_size], timeout=timeout)
+            response = engine.post_batch(session, url, batch, timeout, retries, **server_options)
             response.raise_for_status()
             return response.json(), None
         except requests.ConnectionError:
@@ -107,18 +110,7 @@ def batch_inference(
             reasons.append(str(error or f"{len(predictions)} answers for {len(batch)} records"))
             continue
         for offset, (record, prediction) in enumerate(zip(batch, predictions, strict=True)):
-            labels = index_labels or list(prediction["probabilities"])
-            row = {"index": start + offset, "text": record, "label": prediction["label"]}
-            row.update({f"prob_{name}": prediction["probabilities"][name] for name in labels})
-            row.update(
-                {
-                    f"logit_{name}": logit
-                    for name, logit in zip(
-                        list(prediction["probabilities"]), prediction["logits"], strict=True
-                    )
-                }
-            )
-            rows.append(row)
+            rows.append({"index": start + offset, **prediction_row(record, prediction)})
     scored = pd.DataFrame(rows).set_index("index") if rows else pd.DataFrame()
     if failed:
         raise BatchInferenceError(
@@ -133,9 +125,9 @@ def batch_inference(
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog=f"python -m {__package__}.api",
-        description="Score a file of records with the served model.",
+        description=f"Score a file of records with the model {engine.NAME} serves.",
     )
-    parser.add_argument("file", type=Path, help="CSV with a text column")
+    parser.add_argument("file", type=Path, help=RECORDS_HELP)
     parser.add_argument("--out", type=Path, required=True, help="CSV to write the predictions to")
     parser.add_argument("--url", default=DEFAULT_URL, help="prediction URL (default: %(default)s)")
     parser.add_argument(
@@ -156,6 +148,7 @@ def main(argv=None):
         default=5,
         help="retries of a failed request, with backoff (default: %(default)s)",
     )
+    engine.add_client_flags(parser)
     args = parser.parse_args(argv)
     if not args.out.parent.is_dir():  # found out now, not after scoring every record
         sys.exit(
@@ -163,12 +156,11 @@ def main(argv=None):
         )
     try:
         # Every cell as written: an empty text stays "", and "NA" stays a text.
-        frame = pd.read_csv(args.file, keep_default_na=False)
+        records = read_records(pd.read_csv(args.file, keep_default_na=False), args.file)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         sys.exit(f"error: cannot read {args.file}: {error}")
-    if "text" not in frame.columns:
-        sys.exit(f"error: {args.file} has no text column; name the column of texts 'text'")
-    records = frame["text"].astype(str).tolist()
+    except UsageError as error:
+        sys.exit(f"error: {error}")
     try:
         scored = batch_inference(
             records,
@@ -176,6 +168,7 @@ def main(argv=None):
             url=args.url,
             workers=args.workers,
             retries=args.retries,
+            **asdict(engine.ClientSettings.pick(vars(args))),
         )
     except BatchInferenceError as error:
         error.scored.to_csv(args.out)

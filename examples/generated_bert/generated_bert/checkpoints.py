@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .args import UsageError
-from .files import data_file, load_torch, save_torch, write_atomically
+from .files import data_file, load_torch, remove_leftovers, save_torch, write_atomically
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -32,13 +32,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def state_dict_path(data_dir: Path, epoch: int | str, data_date: str) -> Path:
     return data_file(data_dir, f"state_dict_e{epoch}", data_date)
-
-
-def remove_leftovers(path: Path) -> None:
-    """Delete the temporary files a run killed while writing ``path`` left behind
-    (see files.write_atomically). Safe here: one process per run writes these files."""
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
-        leftover.unlink(missing_ok=True)
 
 
 def save_state_dict(model: nn.Module, data_dir: Path, epoch: int | str, data_date: str) -> Path:
@@ -59,9 +52,9 @@ def save_run_info(data_dir: Path, data_date: str, info: dict) -> Path:
     """Write what a later step needs to rebuild the trained model, e.g.
     {"best_epoch": 2, "bert_type": ..., "max_length": 128, "label_names": [...]}."""
     text = json.dumps(info, indent=2) + "\n"
-    return write_atomically(
-        run_info_path(data_dir, data_date), lambda tmp: Path(tmp).write_text(text)
-    )
+    path = run_info_path(data_dir, data_date)
+    remove_leftovers(path)
+    return write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def load_run_info(data_dir: Path, data_date: str) -> dict:
@@ -136,11 +129,8 @@ def _on_cpu(value):
 def save_checkpoint(
     writer: BackgroundWriter,
     path: Path,
+    learner_state: dict,
     *,
-    model,
-    optimizers: list,
-    schedulers: list,
-    scaler,
     epoch: int,
     step: int,
     epochs: int,
@@ -149,18 +139,17 @@ def save_checkpoint(
     epoch_loss: tuple[float, float] = (0.0, 0.0),
 ) -> None:
     """Everything that decides what happens after ``step`` optimizer steps of
-    ``epoch``; ``step == steps_per_epoch`` once the epoch is over and in ``metrics``.
-    ``epoch_loss`` is (sum of losses x rows, rows) of the epoch so far, over all ranks.
-    Randomness needs no state: each epoch's shuffle is seeded by --seed and the
-    epoch, and each step's dropout by --seed, the epoch, the step and the rank
-    (see train.py). Written by ``writer``, in the background."""
+    ``epoch``: ``learner_state`` (the model's, optimizers', schedulers' and
+    scaler's state dicts) and the place; ``step == steps_per_epoch`` once the epoch
+    is over and in ``metrics``. ``epoch_loss`` is (sum of losses x rows, rows) of
+    the epoch so far, over all ranks. Randomness needs no state: each epoch's
+    shuffle is seeded by --seed and the epoch, and each step's dropout by --seed,
+    the epoch, the step and the rank (see train.py). Written by ``writer``, in the
+    background."""
     writer.write(
         path,
         {
-            "model": unwrap(model).state_dict(),
-            "optimizers": [optimizer.state_dict() for optimizer in optimizers],
-            "schedulers": [scheduler.state_dict() for scheduler in schedulers],
-            "scaler": scaler.state_dict(),
+            **learner_state,
             "epoch": epoch,
             "step": step,
             "epochs": epochs,

@@ -67,6 +67,14 @@ def write_atomically(path: Path, write) -> Path:
     return path
 
 
+def remove_leftovers(path: Path) -> None:
+    """Delete the temporary files a process killed while writing ``path`` left behind
+    (see write_atomically). Only for files one process writes at a time, such as a
+    run's weights and records: another writer's file in progress would go too."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def save_torch(obj, path: Path) -> Path:
     return write_atomically(path, lambda tmp: torch.save(obj, tmp))
 

@@ -1,11 +1,11 @@
 """Loss bookkeeping: a smoothed loss for the progress bar, the per-epoch table and
-its curve."""
+its curve; and the tracker of a process that tracks nothing."""
 
 import time
 from datetime import timedelta
 from pathlib import Path
 
-from .files import write_atomically
+from .files import remove_leftovers, write_atomically
 
 
 class SmoothedLoss:
@@ -89,6 +89,28 @@ def save_loss_curve(rows: list[dict], best: int, path: Path) -> Path:
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.legend()
     figure.tight_layout()
+    remove_leftovers(path)
     write_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
     return path
+
+
+class NotTracked:
+    """What a process that tracks nothing logs to (see tracking.run_logger): every
+    rank but 0, and every rank of a job without a tracked run. It drops it all, so
+    train() logs the same way whether a run is tracked or not."""
+
+    def log_metric(self, key: str, value: float, step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def set_tag(self, key: str, value) -> None:
+        pass
+
+    def log_artifact(self, path: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

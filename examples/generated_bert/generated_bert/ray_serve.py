@@ -5,7 +5,8 @@
 private Ray cluster, deploys handler.py's model on 127.0.0.1 with the files
 `build` wrote to serve/build/, and serves until `stop` sends it SIGTERM, when it
 shuts Serve and its cluster down. It never joins a cluster started with
-`ray start`, and a search's `ray.init()` never joins it.
+`ray start`, and a search's `ray.init()` never joins it. Requests are batched
+(--max_batch_size, --batch_wait_timeout_s) across --replicas copies of the model.
 """
 
 import argparse
@@ -19,14 +20,67 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-from .args import PROJECT_DIR, UsageError, checked, non_negative_float, positive_int
+import requests
 
+from .args import PROJECT_DIR, FlagValues, UsageError, checked, non_negative_float, positive_int
+
+NAME = "Ray Serve"
 MODEL_NAME = "generated_bert"
 ROUTE = f"/predictions/{MODEL_NAME}"
+# What a server that is starting or restarting answers, retried with backoff: 404
+# too, as a restarting Ray Serve listens a moment before its route exists.
+RETRIED_STATUS = (404, 500, 503, 507)
 
 port_number = checked(int, lambda port: 1 <= port <= 65535, "a port from 1 to 65535")
+
+
+def add_build_flags(build: argparse.ArgumentParser) -> None:
+    """None: the server reads the build folder as it is."""
+
+
+def add_start_flags(start: argparse.ArgumentParser) -> None:
+    start.add_argument(
+        "--port", type=port_number, default=8080, help="HTTP port (default: %(default)s)"
+    )
+    start.add_argument(
+        "--replicas",
+        type=positive_int,
+        default=1,
+        help="copies of the model serving at once, each in its own process (default: %(default)s)",
+    )
+    start.add_argument(
+        "--max_batch_size",
+        type=positive_int,
+        default=8,
+        help="requests one replica answers in one batch (default: %(default)s)",
+    )
+    start.add_argument(
+        "--batch_wait_timeout_s",
+        type=non_negative_float,
+        default=0.05,
+        help="seconds a replica waits to fill a batch (default: %(default)s)",
+    )
+
+
+@dataclass(frozen=True)
+class PackageSettings(FlagValues):
+    """None: see add_build_flags."""
+
+
+@dataclass(frozen=True)
+class ServerSettings(FlagValues):
+    port: int
+    replicas: int
+    max_batch_size: int
+    batch_wait_timeout_s: float
+
+
+def package(build_dir: Path, serve_dir: Path, settings: PackageSettings) -> Path:
+    """Nothing to pack: the server deploys the build folder."""
+    return build_dir
 
 
 def port_in_use(port: int) -> bool:
@@ -68,15 +122,9 @@ def routed(port: int) -> bool:
         return False
 
 
-def start(
-    serve_dir: Path,
-    port: int,
-    replicas: int,
-    max_batch_size: int,
-    batch_wait_timeout_s: float,
-    timeout: float = 300,
-) -> str:
+def start(serve_dir: Path, settings: ServerSettings, timeout: float = 300) -> str:
     """Start the server process and wait until its model answers; return its URL."""
+    port = settings.port
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("starlette") is None:
         raise UsageError("Ray Serve is not installed: pip install 'ray[serve]'")
     if not (serve_dir / "build").is_dir():
@@ -91,8 +139,9 @@ def start(
     ready = serve_dir / "ray_serve.ready"
     ready.unlink(missing_ok=True)
     log = serve_dir / "ray_serve.log"
-    command = [sys.executable, "-m", __name__, str(serve_dir), str(port), str(replicas)]
-    command += [str(max_batch_size), str(batch_wait_timeout_s)]
+    command = [sys.executable, "-m", __name__, str(serve_dir), str(port)]
+    command += [str(settings.replicas), str(settings.max_batch_size)]
+    command += [str(settings.batch_wait_timeout_s)]
     env = {
         **os.environ,
         # Ray's replicas import handler.py from this project.
@@ -145,6 +194,22 @@ def stop(serve_dir: Path, timeout: float = 60) -> bool:
             except (OSError, ValueError):
                 continue
     return True
+
+
+def add_client_flags(parser: argparse.ArgumentParser) -> None:
+    """None: Ray Serve asks no token."""
+
+
+@dataclass(frozen=True)
+class ClientSettings(FlagValues):
+    """None: see add_client_flags."""
+
+
+def post_batch(
+    session: requests.Session, url: str, batch: list, timeout: float, retries: int
+) -> requests.Response:
+    """POST one batch; the session's retries cover a server that restarts."""
+    return session.post(url, json=batch, timeout=timeout)
 
 
 def serve_model(

@@ -1,8 +1,9 @@
 """MLflow tracking: one run per training job, logged by rank 0.
 
 main.py and train() call every tracker the same way: ``open_run`` in the launching
-process yields the job's run (a ``TrackedRun``), and ``RunLogger(tracking, run)`` in
-rank 0 logs metrics, tags and artifacts into it, then ``close()``.
+process yields the job's run (a ``TrackedRun``), and ``run_logger(tracking, run)``
+in each training process gives what logs into it: rank 0's logs metrics, tags and
+artifacts, then ``close()``; the other ranks' log nothing.
 
     python main.py --use_mlflow                       # the embedded store: mlflow.db, mlruns/
     python main.py --use_mlflow --tracking_uri http://127.0.0.1:5000
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from .args import PROJECT_DIR, FlagValues, UsageError, apply_defaults
 from .files import load_data_info
+from .metrics import NotTracked
 
 # What open_run yields and RunLogger logs into: an MLflow run's id.
 TrackedRun = str
@@ -307,6 +309,21 @@ class RunLogger:
     def close(self) -> None:
         """Send what is pending; open_run ends the run in the launching process."""
         self.flush()
+
+
+def run_logger(tracking: TrackingSettings, run: TrackedRun | None) -> RunLogger | NotTracked:
+    """The logger of ``run``, or one that logs nothing where there is no run: on
+    ranks other than 0, and in jobs without --use_mlflow."""
+    return RunLogger(tracking, run) if run is not None else NotTracked()
+
+
+def finish_search(
+    tracking: TrackingSettings, parent_run: TrackedRun, failed: set[str], best_config: Path
+) -> None:
+    """End the search's trial runs that are still open (those in ``failed``, Ray trial
+    ids, FAILED) and log the best configuration into the search's run."""
+    close_child_runs(tracking, parent_run, failed)
+    RunLogger(tracking, parent_run).log_artifact(best_config)
 
 
 STATE_DICT_NAME = re.compile(r"^state_dict_e(?P<epoch>\w+)_(?P<date>\d{8})\.pt$")

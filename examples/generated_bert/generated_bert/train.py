@@ -1,25 +1,32 @@
-"""train(args, world): the whole training loop, top to bottom.
+"""train(args, world): the whole training job, top to bottom.
 
-task -> model -> optimizer and schedule -> resume -> DDP wrap ->
-epochs of (train, validate, record, save) until --epochs or --patience ->
-the best epoch's weights -> test -> report.
+    train()            task, model, optimizers and schedules, precision
+      resume_or_start  a checkpoint's weights and place, or the untrained weights saved
+      for each epoch until --epochs, or --patience epochs without a better valid_loss:
+        train_epoch    the optimizer steps; a mid-epoch checkpoint when one is due
+        evaluate       the valid loss, then save_epoch: state dict, checkpoint, run record
+      test_and_report  the best epoch's weights on the test set; the table and the files
 
-What differs between kinds of project (data, model, loss, test report) is
-task.py's; the world (device, rank, collectives) is world.py's.
+What differs between kinds of project (data, model, loss, test report) is task.py's;
+the world (device, rank, collectives) is world.py's; where runs are tracked is
+tracking.py's. A search hears of each epoch through ``on_epoch``.
 """
 
 import math
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .args import UsageError
+from .args import FlagValues, Interval, UsageError
 from .batching import groups_of, shard
 from .checkpoints import (
     BackgroundWriter,
@@ -31,7 +38,6 @@ from .checkpoints import (
     save_checkpoint,
     save_run_info,
     save_state_dict,
-    state_dict_path,
     unwrap,
 )
 from .files import data_file
@@ -46,8 +52,7 @@ from .metrics import (
 )
 from .stopping import Stopped, received, stopped_at
 from .task import Task, TaskSettings
-from .tracking import RunLogger, TrackedRun, TrackingSettings
-from .tune import report_epoch
+from .tracking import TrackedRun, TrackingSettings, run_logger
 from .world import (
     World,
     average_across_ranks,
@@ -59,6 +64,391 @@ from .world import (
 )
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def train(
+    args,
+    world: World,
+    tracked_run: TrackedRun | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train as the flags ``args`` say, in this process of ``world``; return the
+    per-epoch metrics. ``tracked_run``: the job's run (rank 0 logs into it);
+    ``on_epoch``: called with each epoch's row of metrics on every rank."""
+    torch.manual_seed(args.seed)
+    # The data on the device, the model, its loss and its test report (task.py).
+    task = Task(TaskSettings.pick(vars(args)), args.data_dir, args.data_date, world)
+    model = task.build_model().to(world.device)
+    train_rows = task.training_rows(args.seed)
+
+    rows_per_rank = math.ceil(len(train_rows) / world.world_size)
+    steps_per_epoch = math.ceil(math.ceil(rows_per_rank / args.bs) / args.accumulate)
+
+    # Mixed precision: autocast picks the dtype per op. Only fp16 needs the scaler,
+    # which keeps small gradients from flushing to zero; disabled, it is a no-op.
+    dtype = autocast_dtype(args.precision, world.device)
+    optimizers = build_optimizers(model, args.lr, args.betas, args.eps, args.weight_decay)
+    total_steps = args.epochs * steps_per_epoch
+    warmup_steps = round(args.warmup_ratio * total_steps)
+    learner = Learner(
+        model,
+        optimizers,
+        [linear_schedule(optimizer, warmup_steps, total_steps) for optimizer in optimizers],
+        torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16),
+        partial(torch.autocast, world.device.type, dtype=dtype, enabled=dtype is not None),
+    )
+    run = Run(
+        LoopSettings.pick(vars(args)),
+        world,
+        task,
+        learner,
+        train_rows,
+        steps_per_epoch,
+        run_logger(TrackingSettings.pick(vars(args)), tracked_run if world.is_logger else None),
+        checkpoint_path(args.output_dir, args.data_date),
+    )
+    first_epoch, first_step, resumed_loss = resume_or_start(run)
+    if world.is_ddp:
+        learner.model = DistributedDataParallel(
+            model,
+            device_ids=[world.device] if world.device.type == "cuda" else None,
+            find_unused_parameters=args.find_unused_parameters,
+        )
+        learner.model.register_comm_hook(None, average_gradients)
+    if world.is_logger:
+        print_plan(run, dtype or torch.float32, first_epoch, first_step)
+
+    for epoch in range(first_epoch, args.epochs):
+        # Every rank has the same valid losses, so every rank stops at the same epoch.
+        if args.patience and epochs_since_best(run.metrics) >= args.patience:
+            if world.is_logger:
+                print(
+                    f"valid_loss has not improved for {args.patience} epoch(s) since epoch "
+                    f"{best_epoch(run.metrics)}: stopping early"
+                )
+            break
+        timer = EpochTimer()
+        # A run resumed mid-epoch skips the steps it had taken, and counts their losses.
+        start = first_step if epoch == first_epoch else 0
+        loss_sum, rows_seen = train_epoch(run, epoch, start, resumed_loss if start else (0, 0))
+        # The all-reduces here are also the barrier: every rank has finished the
+        # epoch before rank 0 writes its files.
+        train_loss = average_across_ranks(loss_sum, rows_seen, world)
+        valid_loss = evaluate(learner, task, task.valid_set, args.bs, world)
+        run.metrics.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "valid_loss": valid_loss,
+                "time": timer.elapsed(),
+            }
+        )
+        save_epoch(run, epoch)
+        if on_epoch:  # a search's trial: after the files, as ASHA may end the trial here
+            on_epoch({**run.metrics[-1], "world_size": world.world_size})
+        # A stop signal during validation or saving: the epoch's checkpoint is whole.
+        if epoch + 1 < args.epochs:
+            run.stop_if(
+                max_across_ranks(received(), world), f"after epoch {epoch + 1}/{args.epochs}"
+            )
+
+    run.writer.wait()  # the last checkpoint has landed, or its error is raised here
+    test_and_report(run)
+    return run.metrics
+
+
+@dataclass(frozen=True)
+class LoopSettings(FlagValues):
+    """The flags that the steps of train() read."""
+
+    epochs: int
+    seed: int
+    bs: int
+    accumulate: int
+    clip_grad: float
+    log_every: int
+    save_every: Interval
+    resume: str | None
+    output_dir: Path
+    data_date: str
+
+
+@dataclass
+class Learner:
+    """The model and everything that changes its weights: what a checkpoint holds
+    besides the place in the run."""
+
+    model: nn.Module  # wrapped in DistributedDataParallel once it is set up
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[torch.optim.lr_scheduler.LRScheduler]
+    scaler: torch.amp.GradScaler
+    autocast: Callable  # autocast() is the context every forward pass runs in
+
+    def step(
+        self,
+        micro_batches: list[dict],
+        task: Task,
+        world: World,
+        clip_grad: float,
+        totals: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """One optimizer step on ``micro_batches``; returns the step's loss and adds
+        each micro-batch's loss x rows and rows to ``totals``, all on the device."""
+        step_loss = torch.zeros((), device=world.device)
+        for i, batch in enumerate(micro_batches):
+            # DDP all-reduces gradients in backward; with accumulation only the
+            # last micro-batch of the step needs that, so skip it on the others.
+            is_last = i == len(micro_batches) - 1
+            with nullcontext() if is_last or not world.is_ddp else self.model.no_sync():
+                with self.autocast():
+                    loss = task.compute_loss(self.model, batch)
+                self.scaler.scale(loss / len(micro_batches)).backward()
+            step_loss += loss.detach() / len(micro_batches)
+            totals[0] += loss.detach() * task.num_rows(batch)
+            totals[1] += task.num_rows(batch)
+
+        if clip_grad:
+            for optimizer in self.optimizers:  # clip the true gradients, not the scaled ones
+                self.scaler.unscale_(optimizer)
+            clip_grad_norm(self.model.parameters(), clip_grad)
+        scale = self.scaler.get_scale()
+        for optimizer in self.optimizers:
+            self.scaler.step(optimizer)  # skips the step if fp16 gradients overflowed,
+        self.scaler.update()  # and then lowers the scale,
+        if self.scaler.get_scale() >= scale:  # so the schedule moves only on real steps
+            for scheduler in self.schedulers:
+                scheduler.step()
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        return step_loss
+
+    def state_dict(self) -> dict:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+            "schedulers": [scheduler.state_dict() for scheduler in self.schedulers],
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, checkpoint: dict) -> None:
+        unwrap(self.model).load_state_dict(checkpoint["model"])
+        for optimizer, state in zip(self.optimizers, checkpoint["optimizers"], strict=True):
+            optimizer.load_state_dict(state)
+        for scheduler, state in zip(self.schedulers, checkpoint["schedulers"], strict=True):
+            scheduler.load_state_dict(state)
+        self.scaler.load_state_dict(checkpoint["scaler"])
+
+
+@dataclass
+class Run:
+    """What every step of train() shares: the flags, this process's world, the task,
+    the learner, the tracker and where the checkpoint goes; the metrics so far."""
+
+    flags: LoopSettings
+    world: World
+    task: Task
+    learner: Learner
+    train_rows: torch.Tensor
+    steps_per_epoch: int
+    tracker: object  # tracking.run_logger's: logs nothing on ranks other than 0
+    checkpoint_file: Path
+    writer: BackgroundWriter = field(default_factory=BackgroundWriter)  # rank 0's checkpoints
+    metrics: list[dict] = field(default_factory=list)
+
+    def save(self, epoch: int, step: int, epoch_loss=(0.0, 0.0)) -> None:
+        """Rank 0 writes the checkpoint after ``step`` steps of ``epoch``, in the background
+        (``epoch_loss``: the epoch's sum of losses x rows and rows so far, over all ranks)."""
+        if self.world.is_logger:
+            save_checkpoint(
+                self.writer,
+                self.checkpoint_file,
+                self.learner.state_dict(),
+                epoch=epoch,
+                step=step,
+                epochs=self.flags.epochs,
+                steps_per_epoch=self.steps_per_epoch,
+                metrics=self.metrics,
+                epoch_loss=epoch_loss,
+            )
+
+    def stop_if(self, signal_number: int, where: str) -> None:
+        """Stop every rank on a stop signal that any rank received, once the
+        checkpoint is written (``signal_number``: agreed by all ranks, 0 for none)."""
+        if signal_number:
+            self.writer.wait()
+            message = stopped_at(signal_number, where, self.checkpoint_file)
+            raise Stopped(signal_number, message if self.world.is_logger else "")
+
+    def timed_save_due(self) -> bool:
+        """Whether --save_every's time has passed since the last checkpoint; rank 0's
+        clock decides, for every rank (the ranks agree on it, so call it on all)."""
+        if not self.flags.save_every.seconds:
+            return False
+        due = self.writer.seconds_since_write() >= self.flags.save_every.seconds
+        return bool(max_across_ranks(self.world.is_logger and due, self.world))
+
+
+def resume_or_start(run: Run) -> tuple[int, int, tuple[float, float]]:
+    """Where training starts: the epoch, the optimizer steps of it already taken, and
+    the losses of those steps (sum of losses x rows, rows), summed over all ranks
+    when they were saved and carried by rank 0. A fresh run saves the untrained
+    weights (state_dict_eorig); either way rank 0 writes the run record."""
+    flags, world = run.flags, run.world
+    start = (0, 0, (0.0, 0.0))
+    if resumes(flags.resume, run.checkpoint_file):
+        checkpoint = load_checkpoint(
+            run.checkpoint_file, world.device, flags.epochs, run.steps_per_epoch
+        )
+        run.learner.load_state_dict(checkpoint)
+        run.metrics = checkpoint["metrics"]
+        if checkpoint["step"] == run.steps_per_epoch:  # saved after the whole epoch
+            start = (checkpoint["epoch"] + 1, 0, (0.0, 0.0))
+        else:
+            loss = tuple(checkpoint["epoch_loss"]) if world.is_logger else (0.0, 0.0)
+            start = (checkpoint["epoch"], checkpoint["step"], loss)
+    elif world.is_logger:
+        save_state_dict(run.learner.model, flags.output_dir, "orig", flags.data_date)
+    if world.is_logger:
+        save_run_record(run)
+    return start
+
+
+def print_plan(run: Run, dtype: torch.dtype, first_epoch: int, first_step: int) -> None:
+    flags, world = run.flags, run.world
+    per_step = world.world_size * flags.bs * flags.accumulate
+    print(
+        f"{world.world_size} process(es) x batch {flags.bs} x {flags.accumulate} accumulated = "
+        f"{per_step} {run.task.noun} per step, {run.steps_per_epoch} steps per epoch, "
+        f"on {world.device}, {dtype}"
+    )
+    if first_step:
+        print(
+            f"resuming in epoch {first_epoch + 1}/{flags.epochs} after step {first_step} "
+            f"from {run.checkpoint_file}"
+        )
+    elif first_epoch:
+        print(f"resuming after epoch {first_epoch - 1} from {run.checkpoint_file}")
+
+
+def train_epoch(
+    run: Run, epoch: int, start: int, resumed_loss: tuple[float, float]
+) -> list[torch.Tensor]:
+    """Epoch ``epoch``'s optimizer steps from step ``start`` on; returns this rank's
+    sum of losses x rows and its rows (on the device), ``resumed_loss`` included.
+    Checkpoints mid-epoch when --save_every says, and on a stop signal, then stops."""
+    flags, world, task = run.flags, run.world, run.task
+    run.learner.model.train()
+    # A new order every epoch, the same on every rank; each rank takes its shard.
+    shuffle = torch.Generator().manual_seed(flags.seed + epoch)
+    # int32: at 25 million rows, a permutation takes 100 MB instead of 200.
+    order = run.train_rows[
+        torch.randperm(len(run.train_rows), generator=shuffle, dtype=torch.int32)
+    ]
+    micro_batches = task.batches(
+        task.train_set, shard(order, world, pad=True), flags.bs, shuffle_seed=flags.seed + epoch
+    )
+    steps = islice(groups_of(micro_batches, flags.accumulate), start, None)
+    totals = [torch.tensor(float(value), device=world.device) for value in resumed_loss]
+    smoothed = SmoothedLoss()
+    step_losses = []  # on the device until read, every --log_every steps
+    bar = tqdm(
+        total=run.steps_per_epoch,
+        initial=start,
+        desc=f"epoch: {epoch + 1}/{flags.epochs}",
+        disable=not world.is_logger,
+    )
+    with bar:  # closed on a stop too, so the stop's message starts a line of its own
+        for step, group in enumerate(steps, start=start):
+            # Dropout draws from a stream of its own per step and rank: a run resumed
+            # mid-epoch draws what the uninterrupted run drew, on every rank.
+            device_generator(world.device).manual_seed(hash((flags.seed, epoch, step, world.rank)))
+            step_losses.append(run.learner.step(group, task, world, flags.clip_grad, totals))
+            bar.update()
+            done = step + 1
+            every = flags.save_every.steps
+            save_now = bool(every) and (epoch * run.steps_per_epoch + done) % every == 0
+            # Reading a loss makes the CPU wait for the device, so losses are read
+            # every --log_every steps, not every step (nanoGPT's log_interval), and
+            # before a checkpoint. There the ranks also agree whether to stop.
+            if len(step_losses) < flags.log_every and done < run.steps_per_epoch and not save_now:
+                continue
+            read_from = done - len(step_losses)
+            values = read_losses(step_losses, world, epoch, read_from)
+            step_losses = []
+            first = epoch * run.steps_per_epoch + read_from + 1  # values[0]'s step in the run
+            for run_step, value in enumerate(values, start=first):
+                smoothed.update(value)
+                run.tracker.log_metric("train_loss", value, run_step)
+            bar.set_postfix(loss=f"{smoothed.value:.4f}", refresh=False)
+            stop_signal = max_across_ranks(received(), world)
+            save_now = save_now or run.timed_save_due()
+            if done < run.steps_per_epoch and (save_now or stop_signal):
+                # A mid-epoch checkpoint: the weights after this step, and its place.
+                run.save(epoch, done, sum_across_ranks(totals, world))
+                run.stop_if(stop_signal, f"in epoch {epoch + 1}/{flags.epochs} after step {done}")
+    return totals
+
+
+def save_epoch(run: Run, epoch: int) -> None:
+    """Rank 0 writes the epoch's state dict, the checkpoint after it and the run
+    record, and logs the valid loss and the state dict to the tracker."""
+    if not run.world.is_logger:
+        return
+    flags = run.flags
+    state_dict = save_state_dict(run.learner.model, flags.output_dir, epoch, flags.data_date)
+    run.save(epoch, run.steps_per_epoch)
+    save_run_record(run)
+    run.tracker.log_metric(
+        "valid_loss", run.metrics[-1]["valid_loss"], (epoch + 1) * run.steps_per_epoch
+    )
+    run.tracker.flush()
+    run.tracker.log_artifact(state_dict)
+
+
+def save_run_record(run: Run) -> Path:
+    """What serving needs to rebuild the model (task.run_info), and the best epoch so far."""
+    info = {**run.task.run_info, "best_epoch": best_epoch(run.metrics)}
+    return save_run_info(run.flags.output_dir, run.flags.data_date, info)
+
+
+def test_and_report(run: Run) -> None:
+    """The best epoch's weights on the test set (HF's load_best_model_at_end): rank 0
+    prints the epochs' table and the task's report, writes the metrics table and the
+    loss curve, and logs them with the report's files."""
+    flags, world, learner, metrics = run.flags, run.world, run.learner, run.metrics
+    best = best_epoch(metrics)
+    if best != metrics[-1]["epoch"]:
+        # Rank 0 reads the state dict it saved and sends it, so the others need no shared disk.
+        weights = (
+            load_state_dict(flags.output_dir, best, flags.data_date, world.device)
+            if world.is_logger
+            else unwrap(learner.model).state_dict()
+        )
+        unwrap(learner.model).load_state_dict(broadcast_from_logger(weights, world))
+    test_loss = evaluate(learner, run.task, run.task.test_set, flags.bs, world)
+    if not world.is_logger:
+        return
+    print_metrics_table(metrics, best)
+    test_metrics, report_files = run.task.report(
+        unwrap(learner.model),
+        test_loss,
+        flags.bs,
+        learner.autocast,
+        flags.output_dir,
+        flags.data_date,
+    )
+    metrics_file = data_file(flags.output_dir, "metrics", flags.data_date, ".csv")
+    save_metrics_table(metrics, best, test_metrics, metrics_file)
+    curve_file = data_file(flags.output_dir, "loss_curve", flags.data_date, ".png")
+    save_loss_curve(metrics, best, curve_file)
+    for name, value in test_metrics.items():
+        run.tracker.log_metric(name, value, flags.epochs * run.steps_per_epoch)
+    run.tracker.flush()
+    run.tracker.set_tag("best_epoch", best)
+    run_info = run_info_path(flags.output_dir, flags.data_date)
+    for path in [metrics_file, curve_file, run_info, *report_files]:
+        run.tracker.log_artifact(path)
+    run.tracker.close()
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -164,297 +554,17 @@ def read_losses(step_losses: list[torch.Tensor], world, epoch: int, first_step: 
 
 
 @torch.no_grad()
-def evaluate(model, task: Task, tensors, batch_size, world, autocast) -> float:
+def evaluate(learner: Learner, task: Task, tensors, batch_size, world) -> float:
     """Mean loss over every row of ``tensors``; each rank scores its own shard."""
     # The bare model: DDP's forward may sync buffers, which would wait on ranks
     # whose shard is one batch shorter.
-    model = unwrap(model)
+    model = unwrap(learner.model)
     model.eval()
     total = torch.zeros((), device=world.device)
     rows = torch.zeros((), device=world.device)
     order = torch.arange(task.num_rows(tensors))
     for batch in task.batches(tensors, shard(order, world, pad=False), batch_size):
-        with autocast():
+        with learner.autocast():
             total += task.compute_loss(model, batch, reduction="sum").float()
         rows += task.num_rows(batch)
     return average_across_ranks(total, rows, world)
-
-
-def train(args, world: World, tracked_run: TrackedRun | None = None) -> list[dict]:
-    torch.manual_seed(args.seed)
-    # The data on the device, the model, its loss and its test report (task.py).
-    task = Task(TaskSettings.pick(vars(args)), args.data_dir, args.data_date, world)
-    model = task.build_model().to(world.device)
-    train_rows = task.training_rows(args.seed)
-
-    rows_per_rank = math.ceil(len(train_rows) / world.world_size)
-    steps_per_epoch = math.ceil(math.ceil(rows_per_rank / args.bs) / args.accumulate)
-    total_steps = args.epochs * steps_per_epoch
-    optimizers = build_optimizers(model, args.lr, args.betas, args.eps, args.weight_decay)
-    warmup_steps = round(args.warmup_ratio * total_steps)
-    schedulers = [linear_schedule(optimizer, warmup_steps, total_steps) for optimizer in optimizers]
-
-    # Mixed precision: autocast picks the dtype per op. Only fp16 needs the scaler,
-    # which keeps small gradients from flushing to zero; disabled, it is a no-op.
-    dtype = autocast_dtype(args.precision, world.device)
-    autocast = partial(torch.autocast, world.device.type, dtype=dtype, enabled=dtype is not None)
-    scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
-
-    tracking = TrackingSettings.pick(vars(args))
-    tracker = RunLogger(tracking, tracked_run) if world.is_logger and tracked_run else None
-
-    checkpoint_file = checkpoint_path(args.output_dir, args.data_date)
-    writer = BackgroundWriter()  # rank 0's checkpoints, written while training goes on
-    # Where training starts: epoch first_epoch after first_step of its optimizer steps.
-    # Rank 0 carries the losses of those steps, summed over all ranks when they were
-    # saved, as resumed_loss (sum of losses x rows, rows).
-    metrics, first_epoch, first_step, resumed_loss = [], 0, 0, (0.0, 0.0)
-    if resumes(args.resume, checkpoint_file):
-        checkpoint = load_checkpoint(checkpoint_file, world.device, args.epochs, steps_per_epoch)
-        model.load_state_dict(checkpoint["model"])
-        for optimizer, state in zip(optimizers, checkpoint["optimizers"], strict=True):
-            optimizer.load_state_dict(state)
-        for scheduler, state in zip(schedulers, checkpoint["schedulers"], strict=True):
-            scheduler.load_state_dict(state)
-        scaler.load_state_dict(checkpoint["scaler"])
-        metrics, first_epoch = checkpoint["metrics"], checkpoint["epoch"]
-        if checkpoint["step"] == steps_per_epoch:  # saved after the whole epoch
-            first_epoch += 1
-        else:
-            first_step = checkpoint["step"]
-            if world.is_logger:
-                resumed_loss = checkpoint["epoch_loss"]
-    elif world.is_logger:
-        save_state_dict(model, args.output_dir, "orig", args.data_date)
-    if world.is_logger:
-        save_run_info(
-            args.output_dir, args.data_date, {**task.run_info, "best_epoch": best_epoch(metrics)}
-        )
-
-    if world.is_ddp:
-        model = DistributedDataParallel(
-            model,
-            device_ids=[world.device] if world.device.type == "cuda" else None,
-            find_unused_parameters=args.find_unused_parameters,
-        )
-        model.register_comm_hook(None, average_gradients)
-
-    if world.is_logger:
-        per_step = world.world_size * args.bs * args.accumulate
-        print(
-            f"{world.world_size} process(es) x batch {args.bs} x {args.accumulate} "
-            f"accumulated = {per_step} {task.noun} per step, {steps_per_epoch} steps per epoch, "
-            f"on {world.device}, {dtype or torch.float32}"
-        )
-        if first_step:
-            print(
-                f"resuming in epoch {first_epoch + 1}/{args.epochs} after step {first_step} "
-                f"from {checkpoint_file}"
-            )
-        elif first_epoch:
-            print(f"resuming after epoch {first_epoch - 1} from {checkpoint_file}")
-
-    for epoch in range(first_epoch, args.epochs):
-        # Every rank has the same valid losses, so every rank stops at the same epoch.
-        if args.patience and epochs_since_best(metrics) >= args.patience:
-            if world.is_logger:
-                print(
-                    f"valid_loss has not improved for {args.patience} epoch(s) since epoch "
-                    f"{best_epoch(metrics)}: stopping early"
-                )
-            break
-        timer = EpochTimer()
-        model.train()
-        # A new order every epoch, the same on every rank; each rank takes its shard.
-        shuffle = torch.Generator().manual_seed(args.seed + epoch)
-        # int32: at 25 million rows, a permutation takes 100 MB instead of 200.
-        order = train_rows[torch.randperm(len(train_rows), generator=shuffle, dtype=torch.int32)]
-        micro_batches = task.batches(
-            task.train_set, shard(order, world, pad=True), args.bs, shuffle_seed=args.seed + epoch
-        )
-        steps = groups_of(micro_batches, args.accumulate)
-        # A run resumed mid-epoch skips the steps it had taken, and counts their losses.
-        start = first_step if epoch == first_epoch else 0
-        loss_sum, rows_seen = (
-            torch.tensor(value if start else 0.0, device=world.device) for value in resumed_loss
-        )
-        smoothed = SmoothedLoss()
-        step_losses = []  # on the device until read, every --log_every steps
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=start,
-            desc=f"epoch: {epoch + 1}/{args.epochs}",
-            disable=not world.is_logger,
-        )
-        for step, group in enumerate(islice(steps, start, None), start=start):
-            # Dropout draws from a stream of its own per step and rank: a run resumed
-            # mid-epoch draws what the uninterrupted run drew, on every rank.
-            device_generator(world.device).manual_seed(hash((args.seed, epoch, step, world.rank)))
-            step_loss = torch.zeros((), device=world.device)
-            for i, batch in enumerate(group):
-                # DDP all-reduces gradients in backward; with accumulation only the
-                # last micro-batch of the step needs that, so skip it on the others.
-                is_last = i == len(group) - 1
-                with nullcontext() if is_last or not world.is_ddp else model.no_sync():
-                    with autocast():
-                        loss = task.compute_loss(model, batch)
-                    scaler.scale(loss / len(group)).backward()
-                step_loss += loss.detach() / len(group)
-                loss_sum += loss.detach() * task.num_rows(batch)
-                rows_seen += task.num_rows(batch)
-
-            if args.clip_grad:
-                for optimizer in optimizers:  # clip the true gradients, not the scaled ones
-                    scaler.unscale_(optimizer)
-                clip_grad_norm(model.parameters(), args.clip_grad)
-            scale = scaler.get_scale()
-            for optimizer in optimizers:
-                scaler.step(optimizer)  # skips the step if fp16 gradients overflowed,
-            scaler.update()  # and then lowers the scale,
-            if scaler.get_scale() >= scale:  # so the schedule moves only on real steps
-                for scheduler in schedulers:
-                    scheduler.step()
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            step_losses.append(step_loss)
-            bar.update()
-
-            done = step + 1
-            every = args.save_every.steps
-            save_now = bool(every) and (epoch * steps_per_epoch + done) % every == 0
-            # Reading a loss makes the CPU wait for the device, so losses are read
-            # every --log_every steps, not every step (nanoGPT's log_interval), and
-            # before a checkpoint. There the ranks also agree whether to stop.
-            if len(step_losses) == args.log_every or done == steps_per_epoch or save_now:
-                read_from = done - len(step_losses)
-                values = read_losses(step_losses, world, epoch, read_from)
-                step_losses = []
-                for value in values:
-                    smoothed.update(value)
-                bar.set_postfix(loss=f"{smoothed.value:.4f}", refresh=False)
-                if tracker:
-                    for offset, value in enumerate(values, start=read_from + 1):
-                        tracker.log_metric("train_loss", value, epoch * steps_per_epoch + offset)
-                stop_signal = max_across_ranks(received(), world)
-                if args.save_every.seconds:  # rank 0's clock decides, for every rank
-                    due = writer.seconds_since_write() >= args.save_every.seconds
-                    save_now = bool(max_across_ranks(world.is_logger and due, world))
-                if done < steps_per_epoch and (save_now or stop_signal):
-                    # A mid-epoch checkpoint: the weights after this step, and its place.
-                    loss_so_far = sum_across_ranks([loss_sum, rows_seen], world)
-                    if world.is_logger:
-                        save_checkpoint(
-                            writer,
-                            checkpoint_file,
-                            model=model,
-                            optimizers=optimizers,
-                            schedulers=schedulers,
-                            scaler=scaler,
-                            epoch=epoch,
-                            step=done,
-                            epochs=args.epochs,
-                            steps_per_epoch=steps_per_epoch,
-                            metrics=metrics,
-                            epoch_loss=loss_so_far,
-                        )
-                    if stop_signal:
-                        writer.wait()
-                        bar.close()
-                        where = f"in epoch {epoch + 1}/{args.epochs} after step {done}"
-                        raise Stopped(
-                            stop_signal,
-                            stopped_at(stop_signal, where, checkpoint_file)
-                            if world.is_logger
-                            else "",
-                        )
-        bar.close()
-
-        # The all-reduces here are also the barrier: every rank has finished the
-        # epoch before rank 0 writes its files.
-        train_loss = average_across_ranks(loss_sum, rows_seen, world)
-        valid_loss = evaluate(model, task, task.valid_set, args.bs, world, autocast)
-        metrics.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "valid_loss": valid_loss,
-                "time": timer.elapsed(),
-            }
-        )
-        if world.is_logger:
-            save_state_dict(model, args.output_dir, epoch, args.data_date)
-            save_checkpoint(
-                writer,
-                checkpoint_file,
-                model=model,
-                optimizers=optimizers,
-                schedulers=schedulers,
-                scaler=scaler,
-                epoch=epoch,
-                step=steps_per_epoch,
-                epochs=args.epochs,
-                steps_per_epoch=steps_per_epoch,
-                metrics=metrics,
-            )
-            save_run_info(
-                args.output_dir,
-                args.data_date,
-                {**task.run_info, "best_epoch": best_epoch(metrics)},
-            )
-        if tracker:
-            tracker.log_metric("valid_loss", valid_loss, (epoch + 1) * steps_per_epoch)
-            tracker.flush()
-            tracker.log_artifact(state_dict_path(args.output_dir, epoch, args.data_date))
-        # A trial of a search: after the tracker has the epoch, as ASHA may stop it here.
-        if args.use_ray_tune:
-            report_epoch(
-                {**metrics[-1], "world_size": world.world_size},
-                in_ray_train=args.workers_per_trial > 1,
-            )
-        # A stop signal during validation or saving: the epoch's checkpoint is whole.
-        stop_signal = max_across_ranks(received(), world)
-        if stop_signal and epoch + 1 < args.epochs:
-            writer.wait()
-            where = f"after epoch {epoch + 1}/{args.epochs}"
-            raise Stopped(
-                stop_signal,
-                stopped_at(stop_signal, where, checkpoint_file) if world.is_logger else "",
-            )
-
-    writer.wait()  # the last checkpoint has landed, or its error is raised here
-    best = best_epoch(metrics)
-    if world.is_logger:
-        print_metrics_table(metrics, best)
-    if best != metrics[-1]["epoch"]:
-        # Test the best epoch's weights (HF's load_best_model_at_end). Rank 0 reads
-        # the state dict it saved and sends it, so the others need no shared disk.
-        weights = (
-            load_state_dict(args.output_dir, best, args.data_date, world.device)
-            if world.is_logger
-            else unwrap(model).state_dict()
-        )
-        unwrap(model).load_state_dict(broadcast_from_logger(weights, world))
-
-    test_loss = evaluate(model, task, task.test_set, args.bs, world, autocast)
-    if world.is_logger:
-        test_metrics, report_files = task.report(
-            unwrap(model), test_loss, args.bs, autocast, args.output_dir, args.data_date
-        )
-        metrics_file = data_file(args.output_dir, "metrics", args.data_date, ".csv")
-        save_metrics_table(metrics, best, test_metrics, metrics_file)
-        curve_file = data_file(args.output_dir, "loss_curve", args.data_date, ".png")
-        save_loss_curve(metrics, best, curve_file)
-    if tracker:
-        for name, value in test_metrics.items():
-            tracker.log_metric(name, value, total_steps)
-        tracker.flush()
-        tracker.set_tag("best_epoch", best)
-        for path in [
-            metrics_file,
-            curve_file,
-            run_info_path(args.output_dir, args.data_date),
-            *report_files,
-        ]:
-            tracker.log_artifact(path)
-        tracker.close()
-    return metrics

@@ -30,7 +30,7 @@ import yaml
 
 from .args import PROJECT_DIR, FlagValues, UsageError, apply_defaults, positive_int
 from .files import data_file, write_atomically
-from .tracking import RunLogger, TrackedRun, TrackingSettings, close_child_runs, open_run
+from .tracking import TrackedRun, TrackingSettings, finish_search, open_run
 from .world import joined_world
 
 # sampler name -> the arguments it takes, as in ray.tune's functions of that name.
@@ -148,9 +148,7 @@ def load_search_space(path: Path, parser: argparse.ArgumentParser) -> dict:
         for action in group._group_actions
         if action.dest not in NOT_TUNABLE
     ]
-    # Per name, the flag that takes a value (--precision, not -amp's shortcut to it).
-    actions = {action.dest: action for action in tunable if action.nargs == 0}
-    actions.update({action.dest: action for action in tunable if action.nargs != 0})
+    actions = flags_by_name(tunable)
     checked = {}
     for key, spec in space.items():
         if key not in actions:
@@ -182,17 +180,9 @@ def load_search_space(path: Path, parser: argparse.ArgumentParser) -> dict:
                 raise UsageError(f"tune.yaml: {key}.{sampler} needs a non-empty list")
             for value in values:
                 try:
-                    if actions[key].type is not None:
-                        value = actions[key].type(str(value))
+                    flag_value(actions[key], value)
                 except (ValueError, argparse.ArgumentTypeError) as error:
-                    raise UsageError(
-                        f"tune.yaml: {key} value {value!r} is not valid for --{key} ({error})"
-                    ) from None
-                if actions[key].choices is not None and value not in actions[key].choices:
-                    raise UsageError(
-                        f"tune.yaml: {key} value {value!r} is not one of "
-                        f"{', '.join(map(str, actions[key].choices))}"
-                    )
+                    raise UsageError(f"tune.yaml: {key}: {error}") from None
             checked[key] = (sampler, kwargs)
             continue
         if whole and sampler in FLOAT_SAMPLERS:
@@ -221,28 +211,38 @@ def load_config_file(path: Path, parser: argparse.ArgumentParser) -> dict:
     if not Path(path).is_file():
         raise UsageError(f"--config {path}: no such file")
     values = yaml.safe_load(Path(path).read_text()) or {}
-    # Per name, the flag that takes a value (--precision, not -amp's shortcut to it).
-    actions = {action.dest: action for action in parser._actions if action.nargs == 0}
-    actions.update({action.dest: action for action in parser._actions if action.nargs != 0})
+    actions = flags_by_name(parser._actions)
     unknown = sorted(set(values) - set(actions)) if isinstance(values, dict) else ["?"]
     if unknown:
         raise UsageError(f"--config {path}: unknown argument(s) {', '.join(map(str, unknown))}")
     converted = {}
     for key, value in values.items():
-        # The same checks as on the command line: the flag's type, then its choices.
-        action = actions[key]
+        if isinstance(value, list):  # a YAML list, such as betas: [0.9, 0.99]
+            converted[key] = tuple(value)
+            continue
         try:
-            if action.type is not None and not isinstance(value, list):
-                value = action.type(str(value))
+            converted[key] = flag_value(actions[key], value)
         except (ValueError, argparse.ArgumentTypeError) as error:
             raise UsageError(f"--config {path}: {key}: {error}") from None
-        if action.choices is not None and value not in action.choices:
-            raise UsageError(
-                f"--config {path}: {key}: invalid choice {value!r} (choose from "
-                f"{', '.join(map(str, action.choices))})"
-            )
-        converted[key] = tuple(value) if isinstance(value, list) else value
     return converted
+
+
+def flags_by_name(actions: list[argparse.Action]) -> dict[str, argparse.Action]:
+    """Per name, the flag that takes a value (--precision, not -amp's shortcut to it)."""
+    by_name = {action.dest: action for action in actions if action.nargs == 0}
+    by_name.update({action.dest: action for action in actions if action.nargs != 0})
+    return by_name
+
+
+def flag_value(action: argparse.Action, value):
+    """``value`` as the command line takes it for ``action``: converted by the
+    flag's type, then checked against its choices, in argparse's words."""
+    if action.type is not None:
+        value = action.type(str(value))
+    if action.choices is not None and value not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise argparse.ArgumentTypeError(f"invalid choice {value!r} (choose from {choices})")
+    return value
 
 
 def report_epoch(row: dict, in_ray_train: bool) -> None:
@@ -259,8 +259,10 @@ def report_epoch(row: dict, in_ray_train: bool) -> None:
 
 @dataclass(frozen=True)
 class SearchSettings(FlagValues):
-    """The ray tune flags a search runs by, and the data set it searches on."""
+    """The ray tune flags a search runs by, the space it searches (tune.yaml, as
+    load_search_space checked it) and the data set it searches on."""
 
+    search_space: dict
     num_samples: int
     workers_per_trial: int
     epochs: int
@@ -278,28 +280,33 @@ def search_trial(
     worker_resources: dict,
 ) -> None:
     """One trial of a search: ``train_fn`` with the trial's values in place of the
-    flags', writing into its own folder, tracked as a child of the search's run.
-    With --workers_per_trial > 1 it runs as a Ray Train DDP job of that many
-    processes, each taking ``worker_resources``."""
+    flags', writing into its own folder, tracked as a child of the search's run
+    ``parent_run`` where runs are tracked, and reporting each epoch to Tune. With
+    --workers_per_trial > 1 it runs as a Ray Train DDP job of that many processes,
+    each taking ``worker_resources``."""
     # A trial that Ray restarts (tune.FailureConfig) continues from its own checkpoint.
     trial_args = argparse.Namespace(
         **{**vars(args), **config, "output_dir": output_dir, "resume": "auto"}
     )
-    storage_path = output_dir.parent.parent / "train"
-    tracking = TrackingSettings.pick(vars(trial_args))
+    in_ray_train = args.workers_per_trial > 1
     with open_run(
-        tracking,
+        TrackingSettings.pick(vars(trial_args)),
         vars(trial_args),
         parent=parent_run,
         tags={"ray_trial_id": trial_id},
         name=trial_id,
     ) as tracked_run:
         run_trial_job(
-            partial(train_fn, trial_args, tracked_run=tracked_run),
+            partial(
+                train_fn,
+                trial_args,
+                tracked_run=tracked_run,
+                on_epoch=partial(report_epoch, in_ray_train=in_ray_train),
+            ),
             args.workers_per_trial,
             worker_resources,
             trial_id,
-            storage_path,
+            output_dir.parent.parent / "train",
         )
 
 
@@ -396,14 +403,14 @@ def run_on_ray_cluster(job, cluster: ClusterSettings) -> None:
 
 def run_search(
     run_trial,
-    space: dict,
     search: SearchSettings,
-    tracking: TrackingSettings | None = None,
-    parent_run: TrackedRun | None = None,
+    tracking: TrackingSettings,
+    parent_run: TrackedRun | None,
 ) -> Path:
     """Run the trials, each ``run_trial(config, trial_id, output_dir, worker_resources)``
     (search_trial with the job's flags); print the table and save the best
-    configuration, whose path is returned."""
+    configuration, whose path is returned. Where runs are tracked, ``parent_run``
+    is the search's run: its trials' runs are ended, and it gets the best configuration."""
     prepare_ray("--use_ray_tune")
     import ray
     from ray import tune
@@ -441,7 +448,8 @@ def run_search(
     tuner = tune.Tuner(
         tune.with_resources(trial, trial_resources),
         param_space={
-            key: getattr(tune, sampler)(**kwargs) for key, (sampler, kwargs) in space.items()
+            key: getattr(tune, sampler)(**kwargs)
+            for key, (sampler, kwargs) in search.search_space.items()
         },
         tune_config=tune.TuneConfig(
             metric="valid_loss",
@@ -454,11 +462,10 @@ def run_search(
     )
     results = tuner.fit()
     ray.shutdown()
-    best_config = summarize(results, space, search.data_dir, search.data_date)
-    if parent_run:
+    best_config = summarize(results, search.search_space, search.data_dir, search.data_date)
+    if parent_run is not None:
         failed = {result.metrics.get("trial_id") for result in results if result.error}
-        close_child_runs(tracking, parent_run, failed)
-        RunLogger(tracking, parent_run).log_artifact(best_config)
+        finish_search(tracking, parent_run, failed, best_config)
     return best_config
 
 
