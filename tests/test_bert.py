@@ -181,3 +181,76 @@ def test_the_given_betas_hold_to_the_last_step(project, tmp_path):
     optimizers = torch.load(checkpoint, weights_only=True)["optimizers"]
     groups = [group for optimizer in optimizers for group in optimizer["param_groups"]]
     assert {tuple(group["betas"]) for group in groups} == {(0.5, 0.999)}
+
+
+def test_a_checkpoint_saved_in_fp16_trains_with_fp32_weights(project, tmp_path):
+    # transformers 5 keeps a checkpoint's dtype: half-precision weights would train in
+    # half precision, and --precision fp16 with clipping would fail to unscale them.
+    half = tmp_path / "half"
+    python(project, "-c", "import torch\n"
+           "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+           "model = AutoModelForSequenceClassification.from_pretrained('models/tiny-bert')\n"
+           f"model.half().save_pretrained({str(half)!r})\n"
+           f"AutoTokenizer.from_pretrained('models/tiny-bert').save_pretrained({str(half)!r})\n"
+           f"assert AutoModelForSequenceClassification.from_pretrained({str(half)!r}).dtype "
+           "== torch.float16", env=OFFLINE)
+    data_dir = prepared_data(project, tmp_path / "data")
+    result = train(project, "--data_dir", str(data_dir), "--bert_type", str(half), "--epochs", "1",
+                   "--precision", "fp16", "--clip_grad", "1.0")
+    assert "torch.float16" in result.stdout and "weighted avg" in result.stdout
+    weights = torch.load(next(data_dir.glob("state_dict_e0_*.pt")), weights_only=True)
+    assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {
+        torch.float32}
+
+
+@pytest.mark.parametrize("eos", ["[SEP]", None], ids=["eos", "no-eos"])
+def test_a_tokenizer_without_a_pad_token(project, tmp_path, eos):
+    # GPT-2's and Llama's tokenizers have no pad token: pad with the end-of-text
+    # token, as Hugging Face's examples do, or say in one line what to set.
+    model = tmp_path / "no-pad"
+    shutil.copytree(project / "models" / "tiny-bert", model)
+    python(project, "-c", "from transformers import AutoTokenizer\n"
+           f"tokenizer = AutoTokenizer.from_pretrained({str(model)!r})\n"
+           f"tokenizer.pad_token = None\ntokenizer.eos_token = {eos!r}\n"
+           f"tokenizer.save_pretrained({str(model)!r})\n"
+           f"assert AutoTokenizer.from_pretrained({str(model)!r}).pad_token is None",
+           env=OFFLINE)
+    data_dir = prepared_data(project, tmp_path / "data")
+    result = python(project, "main.py", "--gpus", "0", "--bert_type", str(model), "--epochs", "1",
+                    "--data_dir", str(data_dir), env=OFFLINE, check=False)
+    if eos:
+        assert result.returncode == 0, result.stderr
+        assert "weighted avg" in result.stdout
+    else:
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"error: the tokenizer of {model} has no pad token and no end-of-text token to pad "
+            "with; give it one (tokenizer.pad_token = ...) and save it again"]
+
+
+def test_the_texts_are_hashed_without_reading_them_whole(project, tmp_path):
+    # Every rank hashes the split's CSV to find its tokens: a million texts are
+    # hundreds of MB, which read whole would be held by every rank at once.
+    data_dir = prepared_data(project, tmp_path / "data")
+    (texts,) = data_dir.glob("train_text_*.csv")
+    with open(texts, "a") as file:
+        file.writelines(f"a longer text to hash, number {i},0\n" for i in range(600_000))
+    assert texts.stat().st_size > 20_000_000
+    peak = python(project, "-c", "import tracemalloc\n"
+                  "from reviews.hf import encoded_split_path, get_tokenizer\n"
+                  "tokenizer = get_tokenizer('models/tiny-bert')\n"
+                  "tracemalloc.start()\n"
+                  f"encoded_split_path({str(data_dir)!r}, {texts.stem.rsplit('_', 1)[1]!r}, "
+                  "'train', tokenizer, 128)\n"
+                  "print(tracemalloc.get_traced_memory()[1])", env=OFFLINE).stdout
+    assert int(peak) < 5_000_000
+
+
+def test_compile_trains_and_saves_plain_weights(project, tmp_path):
+    data_dir = prepared_data(project, tmp_path / "data")
+    result = train(project, "--data_dir", str(data_dir), "--epochs", "1", "--compile")
+    assert "weighted avg" in result.stdout
+    weights = torch.load(next(data_dir.glob("state_dict_e0_*.pt")), weights_only=True)
+    checkpoint = torch.load(next(data_dir.glob("checkpoint_*.pt")), weights_only=True)
+    assert weights.keys() == checkpoint["model"].keys()
+    assert not [key for key in weights if "_orig_mod" in key or "module." in key]

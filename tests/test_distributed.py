@@ -16,6 +16,7 @@ import torch
 from .conftest import (
     assert_same_weights,
     copy_prepared_data,
+    free_port,
     python,
     quikgen,
     start_until_checkpoint,
@@ -123,6 +124,41 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(project, data
     assert "resuming after epoch 0" in result.stdout
     assert [epoch for epoch, _ in metrics(data_dir)] == [0, 1, 2, 3]
     assert_same_weights(weights(data_dir, 3), weights(uninterrupted, 3), atol=0)
+
+
+def test_two_nodes_resume_from_node_0s_checkpoint_without_a_shared_disk(project, tmp_path):
+    # Two nodes on loopback, each with its own output folder: only node 0's holds the
+    # checkpoint. Each rank used to decide from its own disk: node 1 started afresh
+    # while node 0 resumed, and the job hung. Rank 0 now decides and sends it.
+    args = ["--epochs", "4", "--save_every", "0"]
+    uninterrupted = copy_prepared_data(project, DATE, tmp_path / "uninterrupted")
+    train(project, uninterrupted, *args, "--bs", "128")
+    folders = [copy_prepared_data(project, DATE, tmp_path / f"node{nr}") for nr in (0, 1)]
+
+    def node_commands(port, *extra):
+        return [[sys.executable, "main.py", "--data_dir", str(folder), "--gpus", "0", *args,
+                 "--bs", "64", "--nodes", "2", "--nr", str(nr), "--master_addr", "127.0.0.1",
+                 "--master_port", str(port), *extra] for nr, folder in enumerate(folders)]
+
+    first, second = node_commands(free_port())
+    node1 = subprocess.Popen(second, cwd=project, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    node0, checkpoint = start_until_checkpoint(project, folders[0] / f"checkpoint_{DATE}.pt",
+                                               first, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL)
+    for node in (node0, node1):
+        os.kill(node.pid, signal.SIGKILL)
+        node.wait()
+    assert torch.load(checkpoint, weights_only=True)["epoch"] < 3
+    assert not list(folders[1].glob("checkpoint_*"))
+
+    nodes = [subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for command in node_commands(free_port(), "--resume", "auto")]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[1][1][-2000:]
+    assert "resuming after epoch" in outputs[0][0]
+    assert_same_weights(weights(folders[0], 3), weights(uninterrupted, 3))
 
 
 @pytest.mark.parametrize("save_every", ["25", "0.5s"], ids=["steps", "time"])

@@ -173,3 +173,13 @@ def test_start_refuses_a_second_server_and_stop_says_when_none_runs(recommender_
     stop_and_check_nothing_is_left(project, "ray_recs")
     assert python(project, "-m", "ray_recs.serve", "stop").stdout == (
         f"Ray Serve is not running (none was started from {project / 'serve'})\n")
+
+
+def test_gpus_per_replica_without_a_gpu_is_one_line(recommender_ray):
+    # Ray hides the GPUs from a replica that asks for none; one that asks for a GPU
+    # on a machine without one would wait forever to be placed.
+    result = python(recommender_ray, "-m", "ray_recs.serve", "start", "--port", str(free_port()),
+                    "--gpus_per_replica", "1", check=False)
+    assert result.returncode == 1
+    assert result.stderr == ("error: --gpus_per_replica: no GPU is visible here; drop it to "
+                             "serve on the CPU\n")

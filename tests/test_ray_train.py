@@ -105,3 +105,26 @@ def test_a_killed_ray_job_resumes_from_its_last_epoch(project, cluster, tmp_path
                     cluster, "--ray_workers", "2", "--resume")
     assert f"resuming after epoch {saved}" in result.stdout
     assert_same_weights(weights(data_dir, 2), weights(uninterrupted, 2), atol=1e-6)
+
+
+def test_a_ray_job_that_loses_a_worker_restarts_and_ends_with_the_uninterrupted_weights(
+        project, cluster, tmp_path):
+    # FailureConfig restarts the worker group; the restarted group sees the checkpoint
+    # its epochs reported to Ray and resumes the run's own, as --resume auto does.
+    uninterrupted = copy_prepared_data(project, DATE, tmp_path / "uninterrupted")
+    python(project, "main.py", "--data_dir", str(uninterrupted), *ARGS, "--procs", "2")
+
+    data_dir = copy_prepared_data(project, DATE, tmp_path / "lost-worker")
+    command = [sys.executable, "main.py", "--data_dir", str(data_dir), *ARGS,
+               "--ray_address", cluster, "--ray_workers", "2"]
+    process, _ = start_until_checkpoint(project, data_dir / f"checkpoint_{DATE}.pt", command,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+    workers = [worker for worker in psutil.process_iter(["cmdline"])
+               if "RayTrainWorker" in " ".join(worker.info["cmdline"] or [])]
+    assert len(workers) == 2
+    workers[-1].kill()
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    assert "resuming after epoch" in output
+    assert_same_weights(weights(data_dir, 2), weights(uninterrupted, 2), atol=1e-6)

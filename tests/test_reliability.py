@@ -116,6 +116,23 @@ def test_resume_without_a_checkpoint(project, tmp_path):
     assert_one_line_error(result, "--resume: no checkpoint at", exit_code=1)
 
 
+def test_resume_under_fp16_from_a_run_without_it(project, tmp_path):
+    # The fp32 run saved a disabled GradScaler's state, which is empty; an enabled
+    # scaler refuses to load that, so the resume ended in a RuntimeError traceback.
+    data = tmp_path / "data"
+    shutil.copytree(project / "data", data)
+    python(project, "main.py", "--data_dir", str(data), "--epochs", "2", "--gpus", "0")
+    result = python(project, "main.py", "--data_dir", str(data), "--epochs", "2", "--gpus", "0",
+                    "--resume", "--precision", "fp16")
+    assert "resuming after epoch 1" in result.stdout and "test RMSE" in result.stdout
+
+
+def test_compile_with_sparse_tables_is_one_line(project):
+    result = python(project, "main.py", "--gpus", "0", "--compile", check=False)
+    assert_one_line_error(result, "--compile: torch.compile cannot compile sparse embedding",
+                          exit_code=1)
+
+
 def test_more_nodes_without_a_master_port(project):
     result = python(project, "main.py", "--gpus", "0", "--nodes", "2", check=False)
     assert_one_line_error(result, "--nodes > 1 needs --master_port", exit_code=1)
