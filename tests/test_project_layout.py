@@ -124,3 +124,19 @@ def test_serving_varies_by_kind_and_engine_by_file_not_by_tag():
         tags = re.findall(r"{%.*?%}", text, re.S)
         assert len(tags) <= 10, (name, tags)
         assert not re.search(r"{[{%][^}]*\bkind\b", text), name
+
+
+def test_train_reads_top_to_bottom():
+    # train() is a list of named steps: short, and shallow enough to read at a glance.
+    template = Path(__file__).resolve().parent.parent / "templates" / "project"
+    tree = ast.parse((template / "{{ package_name }}" / "train.py").read_text())
+    (train,) = [node for node in tree.body
+                if isinstance(node, ast.FunctionDef) and node.name == "train"]
+    blocks = (ast.For, ast.While, ast.If, ast.With, ast.Try)
+
+    def depth(node: ast.AST) -> int:
+        return max((depth(child) + isinstance(child, blocks)
+                    for child in ast.iter_child_nodes(node)), default=0)
+
+    assert train.end_lineno - train.lineno + 1 <= 90
+    assert depth(train) <= 4

@@ -107,7 +107,10 @@ def test_every_trial_of_a_search_is_a_finished_run(tmp_path, tracker):
     python(dest, "main.py", "--use_ray_tune", "--num_samples", "4", "--epochs", "3", "--gpus", "0",
            f"--use_{tracker}", "--run_name", "search", env=offline, timeout=900)
     if tracker == "tensorboard":
-        trials = [path for path in (dest / "runs" / "search").iterdir() if path.is_dir()]
+        search = dest / "runs" / "search"
+        # The search's own run keeps the best configuration, as MLflow's parent run does.
+        assert (search / "artifacts" / f"best_config_{DATE}.yaml").is_file()
+        trials = [path for path in search.iterdir() if path.is_dir() and path.name != "artifacts"]
         assert len(trials) == 4
         for trial in trials:
             events = EventAccumulator(str(trial), size_guidance={"scalars": 0, "tensors": 0})
