@@ -4,6 +4,7 @@ Real processes with gloo on the CPU; CUDA paths skip where no GPU is visible.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -157,7 +158,9 @@ def test_two_nodes_resume_from_node_0s_checkpoint_without_a_shared_disk(project,
              for command in node_commands(free_port(), "--resume", "auto")]
     outputs = [node.communicate(timeout=240) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[1][1][-2000:]
-    assert "resuming after epoch" in outputs[0][0]
+    # Killed launchers leave their processes a SIGINT (spawn's parent-death signal): they
+    # may have stopped mid-epoch, with a checkpoint there.
+    assert re.search(r"^resuming (after|in) epoch", outputs[0][0], re.M), outputs[0][0][:400]
     assert_same_weights(weights(folders[0], 3), weights(uninterrupted, 3))
 
 
