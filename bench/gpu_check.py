@@ -62,8 +62,10 @@ def outcome(result: subprocess.CompletedProcess) -> str:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         return f"exit {result.returncode}: {last[:90]}"
     for line in result.stdout.splitlines():
-        if line.startswith("test RMSE") or line.strip().startswith("accuracy"):
-            return "ok, " + " ".join(line.split()[:3])
+        if line.startswith("test RMSE"):
+            return f"ok, {line}"
+        if line.strip().startswith("accuracy"):  # the classification report's row
+            return "ok, test accuracy " + line.split()[1]
     return "ok"
 
 

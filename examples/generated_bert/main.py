@@ -7,6 +7,7 @@ python main.py --procs 2                 # two CPU processes (DDP with gloo)
 torchrun --nproc-per-node 4 main.py
 """
 
+import os
 import sys
 from functools import partial
 
@@ -41,9 +42,11 @@ def main(argv=None) -> None:
 
 
 def run(args) -> None:
-    # A checkpoint to resume from is checked here, with one line, not in every process.
+    # A checkpoint to resume from is checked here, with one line, not in every
+    # process, where rank 0 will run: it resumes the job from its own disk.
     checkpoint = checkpoint_path(args.output_dir, args.data_date)
-    if resumes(args.resume, checkpoint):
+    rank_0_here = args.nr == 0 and os.environ.get("RANK", "0") == "0"  # RANK: torchrun's
+    if rank_0_here and resumes(args.resume, checkpoint):
         load_checkpoint(checkpoint, "cpu", args.epochs)
     # One run of the tracker for the whole job, however many processes train in it
     # (for a search: the parent of one run per trial); None where nothing is tracked.

@@ -28,11 +28,20 @@ def shard(order: torch.Tensor, world: World, pad: bool) -> torch.Tensor:
     return order[world.rank :: world.world_size]
 
 
+def to_device(indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``indices`` on ``device``. To a GPU in one copy from pinned memory, which the
+    CPU does not wait for: from pageable memory, the CPU would wait for the GPU to
+    finish everything queued before it."""
+    if device.type != "cuda":
+        return indices.to(device)
+    return indices.pin_memory().to(device, non_blocking=True)
+
+
 def index_batches(
     tensors: dict[str, torch.Tensor], indices: torch.Tensor, batch_size: int
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of rows ``indices`` of equal-length ``tensors``, in that order."""
-    indices = indices.to(next(iter(tensors.values())).device)
+    indices = to_device(indices, next(iter(tensors.values())).device)
     for start in range(0, len(indices), batch_size):
         rows = indices[start : start + batch_size]
         yield {key: tensor[rows] for key, tensor in tensors.items()}

@@ -79,7 +79,18 @@ def _load(loader, bert_type: str, what: str, **kwargs):
 
 
 def get_tokenizer(bert_type: str):
-    return _load(_transformers().AutoTokenizer, bert_type, "tokenizer")
+    """The model's tokenizer. One without a pad token (GPT-2's, Llama's) pads with
+    its end-of-text token, as Hugging Face's examples do: padding is masked out, so
+    which token fills it does not matter."""
+    tokenizer = _load(_transformers().AutoTokenizer, bert_type, "tokenizer")
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UsageError(
+                f"the tokenizer of {bert_type} has no pad token and no end-of-text token to "
+                "pad with; give it one (tokenizer.pad_token = ...) and save it again"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def get_pretrained_model(
@@ -96,6 +107,11 @@ def get_pretrained_model(
     them "recommended", a zero bias ended predicting that label for every review on
     2 seeds of 5, and the shares on none (quikgen's BENCHMARKS.md). A head the
     checkpoint has is kept as it is.
+
+    The weights are float32 whatever the checkpoint holds: since transformers 5,
+    from_pretrained keeps a checkpoint's dtype, and many on the hub are saved in
+    fp16 or bf16. Training needs fp32 master weights; autocast (--precision) runs
+    the arithmetic in half precision where it pays.
     """
     model, loading = _load(
         _transformers().AutoModelForSequenceClassification,
@@ -121,7 +137,11 @@ def get_pretrained_model(
         if len(output_biases) == 1:
             with torch.no_grad():
                 output_biases[0].copy_(label_shares.log())
-    return model
+    if model.config.pad_token_id is None:
+        # Decoder classifiers (GPT-2's) find each text's last token by the pad id;
+        # get_tokenizer pads such models with the end-of-text token.
+        model.config.pad_token_id = model.config.eos_token_id
+    return model.float()
 
 
 def get_bert_info(bert_type: str, label_names: list[str], max_length: int) -> dict:
@@ -179,7 +199,13 @@ def encoded_split_path(
     key = hashlib.sha256(f"{source}|{len(tokenizer)}|{max_length}".encode()).hexdigest()[:10]
     folder = f"{Path(source).name}-{max_length}-{key}"
     texts_file = data_file(data_dir, f"{name}_text", data_date, ".csv")
-    content = hashlib.sha256(texts_file.read_bytes()).hexdigest()[:12]
+    # Read in chunks: a million texts are hundreds of MB, which every rank would
+    # otherwise hold at once just to hash.
+    digest = hashlib.sha256()
+    with open(texts_file, "rb") as texts:
+        for chunk in iter(lambda: texts.read(1 << 20), b""):
+            digest.update(chunk)
+    content = digest.hexdigest()[:12]
     return Path(data_dir) / "tokenized" / folder / f"{name}_tensor_{data_date}_{content}.pt"
 
 

@@ -52,6 +52,13 @@ def add_start_flags(start: argparse.ArgumentParser) -> None:
         help="copies of the model serving at once, each in its own process (default: %(default)s)",
     )
     start.add_argument(
+        "--gpus_per_replica",
+        type=non_negative_float,
+        default=0.0,
+        help="GPUs each replica takes (0.5: two replicas share one); Ray hides the GPUs "
+        "from a replica that asks for none (default: %(default)s)",
+    )
+    start.add_argument(
         "--max_batch_size",
         type=positive_int,
         default=8,
@@ -74,6 +81,7 @@ class PackageSettings(FlagValues):
 class ServerSettings(FlagValues):
     port: int
     replicas: int
+    gpus_per_replica: float
     max_batch_size: int
     batch_wait_timeout_s: float
 
@@ -136,12 +144,19 @@ def start(serve_dir: Path, settings: ServerSettings, timeout: float = 300) -> st
         raise UsageError(f"Ray Serve already runs from {serve_dir} (pid {pid}); stop it first")
     if port_in_use(port):
         raise UsageError(f"port {port} is in use; stop what uses it or pick another --port")
+    if settings.gpus_per_replica:
+        import torch  # imported only here: a CPU server starts faster without it
+
+        if not torch.cuda.is_available():  # the server's Ray cluster is this machine's
+            raise UsageError(
+                "--gpus_per_replica: no GPU is visible here; drop it to serve on the CPU"
+            )
     ready = serve_dir / "ray_serve.ready"
     ready.unlink(missing_ok=True)
     log = serve_dir / "ray_serve.log"
     command = [sys.executable, "-m", __name__, str(serve_dir), str(port)]
-    command += [str(settings.replicas), str(settings.max_batch_size)]
-    command += [str(settings.batch_wait_timeout_s)]
+    command += [str(settings.replicas), str(settings.gpus_per_replica)]
+    command += [str(settings.max_batch_size), str(settings.batch_wait_timeout_s)]
     env = {
         **os.environ,
         # Ray's replicas import handler.py from this project.
@@ -213,7 +228,12 @@ def post_batch(
 
 
 def serve_model(
-    serve_dir: Path, port: int, replicas: int, max_batch_size: int, batch_wait_timeout_s: float
+    serve_dir: Path,
+    port: int,
+    replicas: int,
+    gpus_per_replica: float,
+    max_batch_size: int,
+    batch_wait_timeout_s: float,
 ) -> None:
     """The server process: deploy the model, then serve until SIGTERM."""
     import ray
@@ -231,7 +251,7 @@ def serve_model(
         model = Model.options(
             num_replicas=replicas,
             # Replicas share the machine's CPUs, so that any number of them can start.
-            ray_actor_options={"num_cpus": min(1.0, cpus / replicas)},
+            ray_actor_options={"num_cpus": min(1.0, cpus / replicas), "num_gpus": gpus_per_replica},
             # Enough requests in flight to fill a batch.
             max_ongoing_requests=2 * max_batch_size,
             graceful_shutdown_wait_loop_s=0.2,
@@ -254,11 +274,17 @@ def main(argv=None) -> None:
     parser.add_argument("serve_dir", type=Path)
     parser.add_argument("port", type=port_number)
     parser.add_argument("replicas", type=positive_int)
+    parser.add_argument("gpus_per_replica", type=non_negative_float)
     parser.add_argument("max_batch_size", type=positive_int)
     parser.add_argument("batch_wait_timeout_s", type=non_negative_float)
     args = parser.parse_args(argv)
     serve_model(
-        args.serve_dir, args.port, args.replicas, args.max_batch_size, args.batch_wait_timeout_s
+        args.serve_dir,
+        args.port,
+        args.replicas,
+        args.gpus_per_replica,
+        args.max_batch_size,
+        args.batch_wait_timeout_s,
     )
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from .args import FlagValues
+from .batching import to_device
 from .data import load_label_names
 from .hf import get_pretrained_model, get_tokenizer, load_encoded_split, model_source
 from .report import classification_summary
@@ -133,19 +134,13 @@ def predict(model: nn.Module, encoded: dict, batch_size: int, autocast) -> torch
     """The predicted class of every text, in the order of ``encoded``."""
     model.eval()
     rows = torch.arange(len(encoded["labels"]))
-    predictions = torch.empty(len(rows), dtype=torch.int64)
-    # Batches come sorted by length, so write each prediction back to its row.
-    lengths = (encoded["offsets"][1:] - encoded["offsets"][:-1]).cpu()
-    order = rows[torch.argsort(lengths, descending=True, stable=True)]
-    for start, batch in zip(
-        range(0, len(rows), batch_size),
-        length_grouped_batches(encoded, rows, batch_size),
-        strict=True,
-    ):
+    predictions = torch.empty(len(rows), dtype=torch.int64, device=encoded["labels"].device)
+    for batch in length_grouped_batches(encoded, rows, batch_size):
         with autocast():
             logits = compute_logits(model, batch)
-        predictions[order[start : start + batch_size]] = logits.argmax(dim=-1).cpu()
-    return predictions
+        # Batches come sorted by length: each prediction goes back to its text's row.
+        predictions[batch["rows"]] = logits.argmax(dim=-1)
+    return predictions.cpu()
 
 
 def balanced_class_weights(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -173,7 +168,7 @@ def pad_batch(
     encoded: dict[str, torch.Tensor], rows: torch.Tensor, width: int
 ) -> dict[str, torch.Tensor]:
     """Texts ``rows`` as input_ids and attention_mask padded to ``width`` tokens (their
-    longest), and labels."""
+    longest), labels, and the rows themselves."""
     starts, ends = encoded["offsets"][rows], encoded["offsets"][rows + 1]
     positions = starts[:, None] + torch.arange(width, device=starts.device)[None, :]
     attention_mask = positions < ends[:, None]
@@ -183,6 +178,7 @@ def pad_batch(
         "input_ids": torch.where(attention_mask, input_ids, encoded["pad_id"]),
         "attention_mask": attention_mask.long(),
         "labels": encoded["labels"][rows],
+        "rows": rows,
     }
 
 
@@ -229,9 +225,13 @@ def length_grouped_batches(
             groups.extend(ordered.split(batch_size))
         order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(shuffle_seed))
         groups = [groups[i] for i in order]
-    device = encoded["labels"].device
-    for rows in groups:
-        yield pad_batch(encoded, rows.to(device), int(lengths[rows].max()))
+    if not groups:
+        return
+    widths = [int(lengths[rows].max()) for rows in groups]
+    # The epoch's rows go to the device in one copy, cut into batches there.
+    planned = to_device(torch.cat(groups), encoded["labels"].device)
+    for rows, width in zip(planned.split([len(rows) for rows in groups]), widths, strict=True):
+        yield pad_batch(encoded, rows, width)
 
 
 def length_rank_in_label(lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,10 @@ the world (device, rank, collectives) is world.py's; where runs are tracked is
 tracking.py's. A search hears of each epoch through ``on_epoch``.
 """
 
+import inspect
 import math
 import sys
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -58,9 +60,11 @@ from .world import (
     average_across_ranks,
     average_gradients,
     broadcast_from_logger,
+    from_logger,
     max_across_ranks,
     min_across_ranks,
     sum_across_ranks,
+    wait_for_every_rank,
 )
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,14 +75,18 @@ def train(
     world: World,
     tracked_run: TrackedRun | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    resume: str | None = None,
 ) -> list[dict]:
     """Train as the flags ``args`` say, in this process of ``world``; return the
     per-epoch metrics. ``tracked_run``: the job's run (rank 0 logs into it);
-    ``on_epoch``: called with each epoch's row of metrics on every rank."""
+    ``on_epoch``: called with each epoch's row of metrics on every rank;
+    ``resume``: in place of --resume (a job restarted after a failure: "auto")."""
     torch.manual_seed(args.seed)
     # The data on the device, the model, its loss and its test report (task.py).
     task = Task(TaskSettings.pick(vars(args)), args.data_dir, args.data_date, world)
     model = task.build_model().to(world.device)
+    if args.compile:
+        model = compiled(model)
     train_rows = task.training_rows(args.seed)
 
     rows_per_rank = math.ceil(len(train_rows) / world.world_size)
@@ -98,7 +106,7 @@ def train(
         partial(torch.autocast, world.device.type, dtype=dtype, enabled=dtype is not None),
     )
     run = Run(
-        LoopSettings.pick(vars(args)),
+        LoopSettings.pick({**vars(args), "resume": resume or args.resume}),
         world,
         task,
         learner,
@@ -109,12 +117,7 @@ def train(
     )
     first_epoch, first_step, resumed_loss = resume_or_start(run)
     if world.is_ddp:
-        learner.model = DistributedDataParallel(
-            model,
-            device_ids=[world.device] if world.device.type == "cuda" else None,
-            find_unused_parameters=args.find_unused_parameters,
-        )
-        learner.model.register_comm_hook(None, average_gradients)
+        learner.model = distributed(model, world, args.find_unused_parameters)
     if world.is_logger:
         print_plan(run, dtype or torch.float32, first_epoch, first_step)
 
@@ -236,7 +239,10 @@ class Learner:
             optimizer.load_state_dict(state)
         for scheduler, state in zip(self.schedulers, checkpoint["schedulers"], strict=True):
             scheduler.load_state_dict(state)
-        self.scaler.load_state_dict(checkpoint["scaler"])
+        # A run without fp16 saved an empty scaler state: resumed under fp16, the
+        # scaler starts afresh.
+        if checkpoint["scaler"]:
+            self.scaler.load_state_dict(checkpoint["scaler"])
 
 
 @dataclass
@@ -276,6 +282,9 @@ class Run:
         checkpoint is written (``signal_number``: agreed by all ranks, 0 for none)."""
         if signal_number:
             self.writer.wait()
+            # The launcher (torchrun, spawn) ends the job once a rank exits, and kills
+            # what is left 30 s later: no rank exits before rank 0's checkpoint landed.
+            wait_for_every_rank(self.world)
             message = stopped_at(signal_number, where, self.checkpoint_file)
             raise Stopped(signal_number, message if self.world.is_logger else "")
 
@@ -295,10 +304,22 @@ def resume_or_start(run: Run) -> tuple[int, int, tuple[float, float]]:
     weights (state_dict_eorig); either way rank 0 writes the run record."""
     flags, world = run.flags, run.world
     start = (0, 0, (0.0, 0.0))
-    if resumes(flags.resume, run.checkpoint_file):
-        checkpoint = load_checkpoint(
-            run.checkpoint_file, world.device, flags.epochs, run.steps_per_epoch
-        )
+    # Rank 0 decides for the whole job, from its own disk, and sends the checkpoint
+    # (or why it cannot be resumed) to the others: without a filesystem shared
+    # between machines, another machine's copy may be missing or older.
+    checkpoint = None
+    if world.is_logger:
+        try:
+            if resumes(flags.resume, run.checkpoint_file):
+                checkpoint = load_checkpoint(
+                    run.checkpoint_file, "cpu", flags.epochs, run.steps_per_epoch
+                )
+        except UsageError as error:
+            checkpoint = error
+    checkpoint = from_logger(checkpoint, world)
+    if isinstance(checkpoint, UsageError):
+        raise checkpoint
+    if checkpoint is not None:
         run.learner.load_state_dict(checkpoint)
         run.metrics = checkpoint["metrics"]
         if checkpoint["step"] == run.steps_per_epoch:  # saved after the whole epoch
@@ -350,7 +371,8 @@ def train_epoch(
     steps = islice(groups_of(micro_batches, flags.accumulate), start, None)
     totals = [torch.tensor(float(value), device=world.device) for value in resumed_loss]
     smoothed = SmoothedLoss()
-    step_losses = []  # on the device until read, every --log_every steps
+    step_losses = []  # on the device until read, every read_every steps
+    read_every, read_at = 1, time.monotonic()  # the first step is read at once, to time it
     bar = tqdm(
         total=run.steps_per_epoch,
         initial=start,
@@ -370,7 +392,7 @@ def train_epoch(
             # Reading a loss makes the CPU wait for the device, so losses are read
             # every --log_every steps, not every step (nanoGPT's log_interval), and
             # before a checkpoint. There the ranks also agree whether to stop.
-            if len(step_losses) < flags.log_every and done < run.steps_per_epoch and not save_now:
+            if len(step_losses) < read_every and done < run.steps_per_epoch and not save_now:
                 continue
             read_from = done - len(step_losses)
             values = read_losses(step_losses, world, epoch, read_from)
@@ -381,6 +403,11 @@ def train_epoch(
                 run.tracker.log_metric("train_loss", value, run_step)
             bar.set_postfix(loss=f"{smoothed.value:.4f}", refresh=False)
             stop_signal = max_across_ranks(received(), world)
+            # Slow steps are read more often than --log_every, so that a stop signal
+            # is noticed within STOP_NOTICE_S: the slowest rank's step time decides.
+            step_ms = round(1000 * (time.monotonic() - read_at) / len(values))
+            read_every = reads_apart(flags.log_every, max_across_ranks(step_ms, world) / 1000)
+            read_at = time.monotonic()
             save_now = save_now or run.timed_save_due()
             if done < run.steps_per_epoch and (save_now or stop_signal):
                 # A mid-epoch checkpoint: the weights after this step, and its place.
@@ -449,6 +476,41 @@ def test_and_report(run: Run) -> None:
     for path in [metrics_file, curve_file, run_info, *report_files]:
         run.tracker.log_artifact(path)
     run.tracker.close()
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """``model`` through torch.compile. Batch shapes vary (the last batch of an epoch;
+    a bert batch is as wide as its longest text), so the graph is compiled for
+    dynamic shapes once rather than again for each new shape."""
+    if any(isinstance(m, nn.Embedding) and m.sparse for m in model.modules()):
+        raise UsageError(
+            "--compile: torch.compile cannot compile sparse embedding tables "
+            "(inductor has no sparse gradients); train without --compile"
+        )
+    return torch.compile(model, dynamic=True)
+
+
+def distributed(model: nn.Module, world: World, find_unused_parameters: bool) -> nn.Module:
+    """``model`` in DistributedDataParallel, which averages its gradients across ranks."""
+    # DDP broadcasts rank 0's buffers before every forward by default: a collective
+    # per step, for buffers that never change in most models (BERT's position_ids).
+    # Batch norm's running statistics do change, and keep the broadcast.
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    sync = any(isinstance(m, norms) and m.track_running_stats for m in model.modules())
+    takes = inspect.signature(DistributedDataParallel).parameters
+    # torch 2.13 renamed broadcast_buffers to forward_sync_buffers.
+    buffers = "forward_sync_buffers" if "forward_sync_buffers" in takes else "broadcast_buffers"
+    wrapped = DistributedDataParallel(
+        model,
+        device_ids=[world.device] if world.device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+        # The gradients live in DDP's all-reduce buckets instead of being copied
+        # there and back: one copy of them in memory, not two.
+        gradient_as_bucket_view=True,
+        **{buffers: sync},
+    )
+    wrapped.register_comm_hook(None, average_gradients)
+    return wrapped
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -534,6 +596,17 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# Schedulers send SIGKILL 30 s after SIGTERM (torchrun's agent, Kubernetes' default
+# grace period): noticing a stop within 10 s leaves time to write the checkpoint.
+STOP_NOTICE_S = 10.0
+
+
+def reads_apart(log_every: int, seconds_per_step: float) -> int:
+    """Steps between two reads of the losses and the stop signal: --log_every, or
+    fewer where that many steps would take longer than STOP_NOTICE_S."""
+    return max(1, min(log_every, int(STOP_NOTICE_S / max(seconds_per_step, 1e-6))))
 
 
 def read_losses(step_losses: list[torch.Tensor], world, epoch: int, first_step: int) -> list[float]:

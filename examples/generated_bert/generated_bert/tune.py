@@ -21,6 +21,7 @@ import argparse
 import importlib.util
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -28,7 +29,14 @@ from pathlib import Path
 
 import yaml
 
-from .args import PROJECT_DIR, FlagValues, UsageError, apply_defaults, positive_int
+from .args import (
+    PROJECT_DIR,
+    FlagValues,
+    UsageError,
+    apply_defaults,
+    non_negative_int,
+    positive_int,
+)
 from .files import data_file, write_atomically
 from .tracking import TrackedRun, TrackingSettings, finish_search, open_run
 from .world import joined_world
@@ -60,6 +68,7 @@ class ClusterSettings(FlagValues):
     ray_address: str | None
     ray_workers: int
     ray_gpus: bool
+    ray_max_failures: int
 
 
 def add_ray_tune_args(parser: argparse.ArgumentParser, defaults: dict | None = None):
@@ -108,6 +117,13 @@ def add_ray_tune_args(parser: argparse.ArgumentParser, defaults: dict | None = N
     )
     group.add_argument(
         "--ray_gpus", action="store_true", help="one GPU for each process of a --ray_address job"
+    )
+    group.add_argument(
+        "--ray_max_failures",
+        type=non_negative_int,
+        default=3,
+        help="times a --ray_address job restarts after losing a worker, resuming its "
+        "checkpoint (default: %(default)s)",
     )
     return apply_defaults(parser, defaults)
 
@@ -246,11 +262,16 @@ def flag_value(action: argparse.Action, value):
 
 
 def report_epoch(row: dict, in_ray_train: bool) -> None:
-    """Hand one epoch's metrics to Tune; ASHA may end the trial here."""
+    """Hand one epoch's metrics to Ray: to Tune in a search, where ASHA may end the
+    trial here. In a Ray Train job the report carries an (empty) checkpoint: the
+    weights are in the run's own checkpoint file, and Ray's tells a worker group
+    restarted after a failure that there is one to resume (run_ray_train_job)."""
     if in_ray_train:
         import ray.train
 
-        ray.train.report(row)  # every worker reports; Tune receives rank 0's row
+        with tempfile.TemporaryDirectory() as empty:
+            # Every worker reports; Tune receives rank 0's row.
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(empty))
     else:
         from ray import tune
 
@@ -288,7 +309,6 @@ def search_trial(
     trial_args = argparse.Namespace(
         **{**vars(args), **config, "output_dir": output_dir, "resume": "auto"}
     )
-    in_ray_train = args.workers_per_trial > 1
     with open_run(
         TrackingSettings.pick(vars(trial_args)),
         vars(trial_args),
@@ -297,12 +317,7 @@ def search_trial(
         name=trial_id,
     ) as tracked_run:
         run_trial_job(
-            partial(
-                train_fn,
-                trial_args,
-                tracked_run=tracked_run,
-                on_epoch=partial(report_epoch, in_ray_train=in_ray_train),
-            ),
+            partial(train_fn, trial_args, tracked_run=tracked_run),
             args.workers_per_trial,
             worker_resources,
             trial_id,
@@ -311,12 +326,13 @@ def search_trial(
 
 
 def run_trial_job(job, workers: int, worker_resources: dict, name: str, storage_path: Path) -> None:
-    """job(world) in this process, or with ``workers`` > 1 as a Ray Train DDP job."""
+    """job(world, on_epoch=...) in this process, or with ``workers`` > 1 as a Ray
+    Train DDP job."""
     import torch
 
     if workers == 1:
         with joined_world(0 if torch.cuda.is_available() else None) as world:
-            job(world)
+            job(world, on_epoch=partial(report_epoch, in_ray_train=False))
     else:
         run_ray_train_job(job, workers, worker_resources, name, storage_path)
 
@@ -328,19 +344,28 @@ def run_ray_train_job(
     name: str,
     storage_path: Path,
     in_search: bool = True,
+    max_failures: int = 3,
 ) -> None:
-    """job(world) on ``workers`` Ray Train processes, one DDP job; Ray creates the
-    process group, and each process its world on it. ``in_search``: a trial's job,
-    whose epochs reach Tune."""
-    import torch
+    """job(world, on_epoch=..., resume=...) on ``workers`` Ray Train processes, one
+    DDP job; Ray creates the process group, and each process its world on it.
+    ``in_search``: a trial's job, whose epochs reach Tune. A worker lost (its
+    process killed, its machine taken back) restarts the whole group, up to
+    ``max_failures`` times, and the restarted group resumes the job's checkpoint."""
     from ray import train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchTrainer, get_device
     from ray.tune.integration.ray_train import TuneReportCallback
 
     def worker():
-        local_rank = train.get_context().get_local_rank()
-        with joined_world(local_rank if torch.cuda.is_available() else None) as world:
-            job(world)
+        # Ray gives each worker its GPUs (CUDA_VISIBLE_DEVICES), so it names the device.
+        device = get_device()
+        # A checkpoint reported to Ray (report_epoch): this group is a restart.
+        restarted = train.get_checkpoint() is not None
+        with joined_world(device.index if device.type == "cuda" else None) as world:
+            job(
+                world,
+                on_epoch=partial(report_epoch, in_ray_train=True),
+                resume="auto" if restarted else None,
+            )
 
     TorchTrainer(
         worker,
@@ -353,6 +378,9 @@ def run_ray_train_job(
             name=f"train-{name}",
             storage_path=str(storage_path),
             callbacks=[TuneReportCallback()] if in_search else [],
+            failure_config=train.FailureConfig(max_failures=max_failures),
+            # The reported checkpoints are empty: keeping the last is enough.
+            checkpoint_config=train.CheckpointConfig(num_to_keep=1),
             logging_config=train.LoggingConfig(log_level="WARNING"),
         ),
     ).fit()
@@ -396,6 +424,7 @@ def run_on_ray_cluster(job, cluster: ClusterSettings) -> None:
             f"{datetime.now():%Y%m%d_%H%M%S}",
             RESULTS_DIR,
             in_search=False,
+            max_failures=cluster.ray_max_failures,
         )
     finally:
         ray.shutdown()

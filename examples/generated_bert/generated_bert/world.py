@@ -112,6 +112,21 @@ def first_on_each_node(world: World):
         dist.barrier()
 
 
+def from_logger(value, world: World):
+    """Rank 0's ``value`` (any object pickle can carry) on every rank."""
+    if not world.is_ddp:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=world.device)
+    return box[0]
+
+
+def wait_for_every_rank(world: World) -> None:
+    """Return once every rank has called this."""
+    if world.is_ddp:
+        dist.barrier()
+
+
 def sum_across_ranks(values: list[torch.Tensor], world: World) -> list[float]:
     """Each of ``values`` (one-element tensors) summed over all ranks."""
     both = torch.stack([value.detach().double().reshape(()) for value in values]).to(world.device)
