@@ -127,6 +127,18 @@ def test_resume_under_fp16_from_a_run_without_it(project, tmp_path):
     assert "resuming after epoch 1" in result.stdout and "test RMSE" in result.stdout
 
 
+def test_slow_steps_are_read_often_enough_to_notice_a_stop_in_time(project):
+    # A stop signal is read with the losses: at 3 s a step, every 10th step (--log_every)
+    # would be 30 s apart, all of a scheduler's grace period.
+    code = ("from sturdy.train import STOP_NOTICE_S, reads_apart\n"
+            "assert STOP_NOTICE_S == 10\n"
+            "assert reads_apart(10, 0.002) == 10\n"
+            "assert reads_apart(10, 3.0) == 3\n"
+            "assert reads_apart(10, 60.0) == 1\n"
+            "assert reads_apart(1, 0.002) == 1\n")
+    python(project, "-c", code)
+
+
 def test_compile_with_sparse_tables_is_one_line(project):
     result = python(project, "main.py", "--gpus", "0", "--compile", check=False)
     assert_one_line_error(result, "--compile: torch.compile cannot compile sparse embedding",
