@@ -85,8 +85,6 @@ def train(
     # The data on the device, the model, its loss and its test report (task.py).
     task = Task(TaskSettings.pick(vars(args)), args.data_dir, args.data_date, world)
     model = task.build_model().to(world.device)
-    if args.compile:
-        model = compiled(model)
     train_rows = task.training_rows(args.seed)
 
     rows_per_rank = math.ceil(len(train_rows) / world.world_size)
@@ -105,6 +103,8 @@ def train(
         torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16),
         partial(torch.autocast, world.device.type, dtype=dtype, enabled=dtype is not None),
     )
+    if args.compile:  # here, before any file is written: a model it refuses stops the run
+        learner.model = compiled(learner.model)
     run = Run(
         LoopSettings.pick({**vars(args), "resume": resume or args.resume}),
         world,
@@ -117,7 +117,7 @@ def train(
     )
     first_epoch, first_step, resumed_loss = resume_or_start(run)
     if world.is_ddp:
-        learner.model = distributed(model, world, args.find_unused_parameters)
+        learner.model = distributed(learner.model, world, args.find_unused_parameters)
     if world.is_logger:
         print_plan(run, dtype or torch.float32, first_epoch, first_step)
 
