@@ -228,7 +228,7 @@ def test_a_0_2_0_project_with_mlflow_keeps_its_edits_and_switches_tracker(tmp_pa
 
 
 def test_a_0_3_1_project_keeps_its_edits_across_the_step_and_serving_split(tmp_path, monkeypatch):
-    """0.4 rewrote train.py as named steps, added tracking.py for no tracker and split
+    """0.5.0 rewrote train.py as named steps, added tracking.py for no tracker and split
     serving into serving.py and the engine's module. A 0.3.1 project with a model of
     its own and edits to template-owned files updates cleanly, trains and serves."""
     monkeypatch.setenv("QUIKGEN_HOME", str(tmp_path / "home"))
