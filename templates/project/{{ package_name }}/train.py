@@ -14,13 +14,12 @@ tracking.py's. A search hears of each epoch through ``on_epoch``.
 
 import inspect
 import math
-from dataclasses import asdict
-from datetime import datetime
 import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from functools import partial
 from itertools import islice
 from pathlib import Path
