@@ -234,8 +234,10 @@ def differing(checkpoint: dict, settings: dict, group: str) -> list[tuple[str, s
     A checkpoint written before settings were recorded differs in none."""
     recorded = (checkpoint.get("settings") or {}).get(group, {})
     current = settings.get(group, {})
-    typed = {flag: (flag_text(recorded[flag]), flag_text(current[flag]))
-             for flag in recorded.keys() & current.keys()}
+    typed = {
+        flag: (flag_text(recorded[flag]), flag_text(current[flag]))
+        for flag in recorded.keys() & current.keys()
+    }
     return [(flag, old, new) for flag, (old, new) in sorted(typed.items()) if old != new]
 
 
