@@ -2,6 +2,7 @@
 with no user configuration, like a fresh CI machine."""
 
 import atexit
+import json
 import os
 import shutil
 import socket
@@ -113,14 +114,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_until_checkpoint(project: Path, checkpoint: Path, command: list[str], **popen_kwargs):
-    """Start a training command; return it and ``checkpoint`` once that has landed."""
+def start_until_checkpoint(project: Path, output_dir: Path, name: str, command: list[str],
+                           **popen_kwargs):
+    """Start a training command that writes into ``output_dir``; return it and the
+    path of its run's checkpoint ``name`` once that has landed."""
     process = subprocess.Popen(command, cwd=project, **popen_kwargs)
     deadline = time.monotonic() + 120
-    while not checkpoint.exists():
+    while not (landed := list(output_dir.glob(f"runs/*/{name}"))):
         assert process.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
         time.sleep(0.02)
+    (checkpoint,) = landed
     return process, checkpoint
+
+
+def only_run(output_dir: Path) -> Path:
+    """The folder of the one run trained into ``output_dir`` (runs/NAME/)."""
+    (folder,) = (output_dir / "runs").iterdir()
+    return folder
+
+
+def newest_run(output_dir: Path) -> Path:
+    """The folder of the run started last in ``output_dir``, by its run record."""
+    def started(folder):
+        return json.loads(next(folder.glob("run_info_*.json")).read_text())["started"]
+    return max((output_dir / "runs").iterdir(), key=started)
 
 
 def assert_same_weights(a: dict, b: dict, atol: float = 1e-5) -> None:

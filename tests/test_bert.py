@@ -37,9 +37,9 @@ def test_tiny_bert_reaches_ninety_percent_test_accuracy_in_three_epochs(project)
     result = train(project, "--epochs", "3")
     accuracy = float(re.search(r"^\s*accuracy\s+([0-9.]+)", result.stdout, re.MULTILINE).group(1))
     assert accuracy >= 0.9
-    (report,) = (project / "data").glob("classification_report_*.txt")
+    (report,) = (project / "data").glob("runs/*/classification_report_*.txt")
     assert "weighted avg" in report.read_text()
-    (confusion,) = (project / "data").glob("confusion_*.png")
+    (confusion,) = (project / "data").glob("runs/*/confusion_*.png")
     assert confusion.read_bytes().startswith(b"\x89PNG")
 
 
@@ -77,13 +77,12 @@ def two_rank_command(project, data_dir, launcher, *args):
 
 def prepared_data(project, dest):
     """A copy of the project's prepared texts and tokens, without what other tests trained."""
-    shutil.copytree(project / "data", dest, ignore=shutil.ignore_patterns(
-        "checkpoint_*", "state_dict_*", "metrics_*", "run_info_*"))
+    shutil.copytree(project / "data", dest, ignore=shutil.ignore_patterns("runs"))
     return dest
 
 
 def final_weights(data_dir):
-    (path,) = data_dir.glob("state_dict_e1_*.pt")
+    (path,) = data_dir.glob("runs/*/state_dict_e1_*.pt")
     return torch.load(path, weights_only=True)
 
 
@@ -105,12 +104,12 @@ def test_two_ranks_killed_and_resumed_end_with_the_uninterrupted_weights(
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.monotonic() + 300
-    while not list(data_dir.glob("checkpoint_*.pt")):
+    while not list(data_dir.glob("runs/*/checkpoint_*.pt")):
         assert process.poll() is None and time.monotonic() < deadline, "no checkpoint written"
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)  # every rank and the launcher, mid epoch 1
     process.wait()
-    (checkpoint,) = data_dir.glob("checkpoint_*.pt")
+    (checkpoint,) = data_dir.glob("runs/*/checkpoint_*.pt")
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 0
 
     run(*command, "--resume", cwd=project, env=OFFLINE)
@@ -121,7 +120,7 @@ def test_two_ranks_killed_and_resumed_end_with_the_uninterrupted_weights(
 
 
 def macro_f1(data_dir):
-    (report,) = data_dir.glob("classification_report_*.txt")
+    (report,) = data_dir.glob("runs/*/classification_report_*.txt")
     return float(re.search(r"macro avg\s+\S+\s+\S+\s+([0-9.]+)", report.read_text()).group(1))
 
 
@@ -177,7 +176,7 @@ def test_the_given_betas_hold_to_the_last_step(project, tmp_path):
     # OneCycleLR would have cycled beta1; the linear schedule leaves it alone.
     data_dir = prepared_data(project, tmp_path / "data")
     train(project, "--data_dir", str(data_dir), "--epochs", "1", "--betas", "0.5,0.999")
-    (checkpoint,) = data_dir.glob("checkpoint_*.pt")
+    (checkpoint,) = data_dir.glob("runs/*/checkpoint_*.pt")
     optimizers = torch.load(checkpoint, weights_only=True)["optimizers"]
     groups = [group for optimizer in optimizers for group in optimizer["param_groups"]]
     assert {tuple(group["betas"]) for group in groups} == {(0.5, 0.999)}
@@ -198,7 +197,7 @@ def test_a_checkpoint_saved_in_fp16_trains_with_fp32_weights(project, tmp_path):
     result = train(project, "--data_dir", str(data_dir), "--bert_type", str(half), "--epochs", "1",
                    "--precision", "fp16", "--clip_grad", "1.0")
     assert "torch.float16" in result.stdout and "weighted avg" in result.stdout
-    weights = torch.load(next(data_dir.glob("state_dict_e0_*.pt")), weights_only=True)
+    weights = torch.load(next(data_dir.glob("runs/*/state_dict_e0_*.pt")), weights_only=True)
     assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {
         torch.float32}
 
@@ -250,7 +249,7 @@ def test_compile_trains_and_saves_plain_weights(project, tmp_path):
     data_dir = prepared_data(project, tmp_path / "data")
     result = train(project, "--data_dir", str(data_dir), "--epochs", "1", "--compile")
     assert "weighted avg" in result.stdout
-    weights = torch.load(next(data_dir.glob("state_dict_e0_*.pt")), weights_only=True)
-    checkpoint = torch.load(next(data_dir.glob("checkpoint_*.pt")), weights_only=True)
+    weights = torch.load(next(data_dir.glob("runs/*/state_dict_e0_*.pt")), weights_only=True)
+    checkpoint = torch.load(next(data_dir.glob("runs/*/checkpoint_*.pt")), weights_only=True)
     assert weights.keys() == checkpoint["model"].keys()
     assert not [key for key in weights if "_orig_mod" in key or "module." in key]

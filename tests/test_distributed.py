@@ -18,6 +18,7 @@ from .conftest import (
     assert_same_weights,
     copy_prepared_data,
     free_port,
+    only_run,
     python,
     quikgen,
     start_until_checkpoint,
@@ -54,11 +55,11 @@ def train(project, data_dir, *args, launcher=(), **kwargs):
 
 
 def weights(data_dir, epoch):
-    return torch.load(data_dir / f"state_dict_e{epoch}_{DATE}.pt", weights_only=True)
+    return torch.load(only_run(data_dir) / f"state_dict_e{epoch}_{DATE}.pt", weights_only=True)
 
 
 def metrics(data_dir):
-    lines = (data_dir / f"metrics_{DATE}.csv").read_text().splitlines()[1:]
+    lines = (only_run(data_dir) / f"metrics_{DATE}.csv").read_text().splitlines()[1:]
     return [(int(line.split(",")[0]), float(line.split(",")[2])) for line in lines]
 
 
@@ -107,8 +108,8 @@ def killed_after_a_checkpoint(project, data_dir, tmp_path, args):
     train(project, uninterrupted, *args)
 
     command = [sys.executable, "main.py", "--data_dir", str(data_dir), "--gpus", "0", *args]
-    process, checkpoint = start_until_checkpoint(project, data_dir / f"checkpoint_{DATE}.pt", command,
-                                                 stdout=subprocess.DEVNULL,
+    process, checkpoint = start_until_checkpoint(project, data_dir, f"checkpoint_{DATE}.pt",
+                                                 command, stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -119,7 +120,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(project, data
     args = ["--epochs", "4", "--bs", "16", "--save_every", "0"]  # epoch checkpoints only
     uninterrupted, saved = killed_after_a_checkpoint(project, data_dir, tmp_path, args)
     assert saved["epoch"] == 0  # killed during epoch 2: epoch 1's checkpoint had just landed
-    assert not (data_dir / f"metrics_{DATE}.csv").exists()
+    assert not (only_run(data_dir) / f"metrics_{DATE}.csv").exists()
 
     result = train(project, data_dir, *args, "--resume")
     assert "resuming after epoch 0" in result.stdout
@@ -144,14 +145,14 @@ def test_two_nodes_resume_from_node_0s_checkpoint_without_a_shared_disk(project,
     first, second = node_commands(free_port())
     node1 = subprocess.Popen(second, cwd=project, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    node0, checkpoint = start_until_checkpoint(project, folders[0] / f"checkpoint_{DATE}.pt",
+    node0, checkpoint = start_until_checkpoint(project, folders[0], f"checkpoint_{DATE}.pt",
                                                first, stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL)
     for node in (node0, node1):
         os.kill(node.pid, signal.SIGKILL)
         node.wait()
     assert torch.load(checkpoint, weights_only=True)["epoch"] < 3
-    assert not list(folders[1].glob("checkpoint_*"))
+    assert not list(folders[1].glob("runs/*/checkpoint_*"))
 
     nodes = [subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -182,15 +183,16 @@ def test_resume_with_another_batch_size_is_refused_before_training(project, data
     result = train(project, data_dir, "--epochs", "2", "--bs", "64", "--resume", check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: --resume: {data_dir / f'checkpoint_{DATE}.pt'} took 80 steps per epoch, this "
-        "run would take 160; resume with that run's --bs, --accumulate and number of processes")
+        f"error: --resume: {only_run(data_dir) / f'checkpoint_{DATE}.pt'} took 80 steps per "
+        "epoch, this run would take 160; resume with that run's --bs, --accumulate and number "
+        "of processes")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "foreign"])
 def test_resume_with_a_corrupt_checkpoint_is_a_one_line_error(project, data_dir, damage):
-    checkpoint = data_dir / f"checkpoint_{DATE}.pt"
+    train(project, data_dir, "--epochs", "2")
+    checkpoint = only_run(data_dir) / f"checkpoint_{DATE}.pt"
     if damage == "truncated":  # a real checkpoint, cut off half way
-        train(project, data_dir, "--epochs", "2")
         checkpoint.write_bytes(checkpoint.read_bytes()[:checkpoint.stat().st_size // 2])
     else:
         checkpoint.write_bytes(b"PK\x03\x04 not a checkpoint")
@@ -283,7 +285,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_exits_130(project, data_dir, procs):
                "--epochs", "50", "--bs", "16", "--procs", procs]
     # A new session, signalled as a whole: what Ctrl-C in a terminal does.
     process, checkpoint = start_until_checkpoint(
-        project, data_dir / f"checkpoint_{DATE}.pt", command, stdout=subprocess.DEVNULL,
+        project, data_dir, f"checkpoint_{DATE}.pt", command, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
@@ -297,13 +299,13 @@ def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one(project, d
     # A large embedding makes each checkpoint ~70 MB, so its write takes a while.
     args = ["--epochs", "4", "--embedding_dim", "20000"]
     command = [sys.executable, "main.py", "--data_dir", str(data_dir), "--gpus", "0", *args]
-    process, checkpoint = start_until_checkpoint(project, data_dir / f"checkpoint_{DATE}.pt", command,
-                                                 stdout=subprocess.DEVNULL,
+    process, checkpoint = start_until_checkpoint(project, data_dir, f"checkpoint_{DATE}.pt",
+                                                 command, stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL)
     # Kill as soon as epoch 1's checkpoint starts to be written.
     writing, deadline = [], time.monotonic() + 120
     while not writing and process.poll() is None and time.monotonic() < deadline:
-        writing = list(data_dir.glob(f".{checkpoint.name}.*.tmp"))
+        writing = list(checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"))
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert writing and writing[0].exists(), "the kill came after the write finished"
@@ -313,7 +315,7 @@ def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one(project, d
     result = train(project, data_dir, *args, "--resume")
     assert "resuming after epoch 0" in result.stdout
     assert [epoch for epoch, _ in metrics(data_dir)] == [0, 1, 2, 3]
-    assert not list(data_dir.glob(".*.tmp"))  # the next write removed the cut-off file
+    assert not list(checkpoint.parent.glob(".*.tmp"))  # the next write removed the cut-off file
 
 
 @pytest.mark.parametrize("launcher", ["procs", "torchrun"])
@@ -326,8 +328,8 @@ def test_a_rank_killed_by_a_signal_ends_the_job_quickly(project, data_dir, launc
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nproc-per-node", "2", *args]
-    process, checkpoint = start_until_checkpoint(project, data_dir / f"checkpoint_{DATE}.pt", command,
-                                                 stdout=subprocess.DEVNULL,
+    process, checkpoint = start_until_checkpoint(project, data_dir, f"checkpoint_{DATE}.pt",
+                                                 command, stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.PIPE, text=True)
     # The ranks are the launcher's children that run Python (spawn also starts a
     # resource tracker, which is not a rank); rank 1 starts after rank 0.

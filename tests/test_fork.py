@@ -4,6 +4,7 @@ without quikgen's questions is one line, and a project made from the template
 before this layout (v0.1.0: templates/copier.yml, templates/project/) updates
 across it, with real git and real copier."""
 
+import json
 import shutil
 import sys
 import tarfile
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import copier
 import pytest
+import torch
 import yaml
 
 from quikgen import __version__
@@ -162,7 +164,7 @@ def test_a_project_from_the_previous_release_updates_across_the_layout_change(tm
 
     result = quikgen("update", str(project))
     assert result.exit_code == 0, result.output
-    assert answers(project)["_commit"] == f"v{__version__}" == "v0.5.0"
+    assert answers(project)["_commit"] == f"v{__version__}" == "v0.6.0"
     assert (project / "main.py").read_text().endswith(USER_LINE)
     assert git(project, "diff", "--name-only", "--diff-filter=U") == ""
     marked = run("git", "grep", "--untracked", "-l", "-e", "^<<<<<<< ", "-e", "^>>>>>>> ",
@@ -229,8 +231,9 @@ def test_a_0_2_0_project_with_mlflow_keeps_its_edits_and_switches_tracker(tmp_pa
 
 def test_a_0_3_1_project_keeps_its_edits_across_the_step_and_serving_split(tmp_path, monkeypatch):
     """0.5.0 rewrote train.py as named steps, added tracking.py for no tracker and split
-    serving into serving.py and the engine's module. A 0.3.1 project with a model of
-    its own and edits to template-owned files updates cleanly, trains and serves."""
+    serving into serving.py and the engine's module; 0.6.0 gave each run a folder. A
+    0.3.1 project with a model of its own, edits to template-owned files and a run
+    trained before the update updates cleanly, serves that run, trains and serves."""
     monkeypatch.setenv("QUIKGEN_HOME", str(tmp_path / "home"))
     old = previous_release(tmp_path / "quikgen-0.3.1", RELEASE_0_3_1)
     src, tag = publish("0.3.1", old)
@@ -248,10 +251,21 @@ def test_a_0_3_1_project_keeps_its_edits_across_the_step_and_serving_split(tmp_p
     edit(project / "served" / "serve.py", '"best, orig or an epoch number >= 0",',
          '"best, orig or an epoch number >= 0",  # read before every deploy')
     commit_all(project)
+    python(project, "-m", "served.data", "--synthetic", "--rows", "2000")
+    python(project, "main.py", "--epochs", "2", "--gpus", "0")  # 0.3.1's files, in data/
+    (old_run,) = (project / "data").glob("run_info_*.json")
+    old_best = json.loads(old_run.read_text())["best_epoch"]
 
     result = quikgen("update", str(project))
     assert result.exit_code == 0, result.output
     assert answers(project)["_commit"] == f"v{__version__}"
+    # The run trained before the update is still the one served.
+    built = python(project, "-m", "served.serve", "build").stdout
+    assert f"served.mar: epoch {old_best} of run data on " in built
+    archived = torch.export.load(project / "serve" / "build" / "model.pt2").module().state_dict()
+    (trained,) = (project / "data").glob(f"state_dict_e{old_best}_*.pt")
+    trained = torch.load(trained, weights_only=True)
+    assert all(torch.equal(archived[name], weights) for name, weights in trained.items())
     assert (project / "main.py").read_text().endswith(USER_LINE)
     assert "# ours now" in (project / "served" / "model.py").read_text()
     assert "# read before every deploy" in (project / "served" / "serve.py").read_text()
@@ -259,8 +273,8 @@ def test_a_0_3_1_project_keeps_its_edits_across_the_step_and_serving_split(tmp_p
     assert "def open_run" in (project / "served" / "tracking.py").read_text()
     assert git(project, "diff", "--name-only", "--diff-filter=U") == ""
     run("ruff", "check", "--no-cache", ".", cwd=project)
-    python(project, "-m", "served.data", "--synthetic", "--rows", "2000")
     assert "test RMSE" in python(project, "main.py", "--epochs", "1", "--gpus", "0").stdout
+    (new_run,) = (project / "data" / "runs").iterdir()
     built = python(project, "-m", "served.serve", "build").stdout
-    assert "served.mar: epoch 0" in built
+    assert f"served.mar: epoch 0 of run {new_run.name} on " in built
     assert (project / "serve" / "build" / "model.pt2").is_file()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from .conftest import free_port, python, quikgen
+from .conftest import free_port, newest_run, only_run, python, quikgen
 
 pytestmark = [
     pytest.mark.slow,
@@ -141,7 +141,7 @@ def test_a_server_that_stops_mid_run_costs_the_tracking_not_the_training(project
     assert "warning: MLflow: " in stderr and "not sent yet" in stderr
     assert "warning: MLflow: could not mark run" in stderr
     for epoch in range(3):
-        assert (data_dir / f"state_dict_e{epoch}_{DATE}.pt").is_file()
+        assert (only_run(data_dir) / f"state_dict_e{epoch}_{DATE}.pt").is_file()
     # What reached the store before it stopped is there.
     client, runs = runs_of(f"sqlite:///{tmp_path / 'server.db'}")
     assert [run.info.status for run in runs] == ["RUNNING"]
@@ -199,7 +199,8 @@ def test_get_state_dict_restores_the_trained_tensors(project, tmp_path):
         "\"attributes.run_name = 'to-serve'\"))"
     )).stdout.strip().splitlines()[-1]
     restored = torch.load(fetched, weights_only=True)
-    trained = torch.load(project / "data" / f"state_dict_e1_{DATE}.pt", weights_only=True)
+    trained = torch.load(newest_run(project / "data") / f"state_dict_e1_{DATE}.pt",
+                         weights_only=True)
     assert restored.keys() == trained.keys()
     for key in trained:
         assert torch.equal(restored[key], trained[key]), key

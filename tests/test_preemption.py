@@ -15,6 +15,7 @@ import torch
 from .conftest import (
     assert_same_weights,
     copy_prepared_data,
+    only_run,
     python,
     quikgen,
     start_until_checkpoint,
@@ -41,7 +42,8 @@ def data_dir(project, tmp_path):
 
 
 def final_weights(data_dir, epochs):
-    return torch.load(data_dir / f"state_dict_e{epochs - 1}_{DATE}.pt", weights_only=True)
+    path = only_run(data_dir) / f"state_dict_e{epochs - 1}_{DATE}.pt"
+    return torch.load(path, weights_only=True)
 
 
 def uninterrupted(project, tmp_path, data_dir, command):
@@ -56,7 +58,7 @@ def uninterrupted(project, tmp_path, data_dir, command):
 def started(project, data_dir, command):
     """``command`` started on ``data_dir``, a moment after its first checkpoint landed."""
     process, checkpoint = start_until_checkpoint(
-        project, data_dir / f"checkpoint_{DATE}.pt", [*command, "--data_dir", str(data_dir)],
+        project, data_dir, f"checkpoint_{DATE}.pt", [*command, "--data_dir", str(data_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.3)  # into the next epoch's steps
     return process, checkpoint

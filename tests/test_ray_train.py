@@ -17,6 +17,7 @@ from .conftest import (
     assert_same_weights,
     copy_prepared_data,
     free_port,
+    only_run,
     python,
     quikgen,
     run,
@@ -65,7 +66,7 @@ def project(tmp_path_factory):
 
 
 def weights(data_dir, epoch):
-    return torch.load(data_dir / f"state_dict_e{epoch}_{DATE}.pt", weights_only=True)
+    return torch.load(only_run(data_dir) / f"state_dict_e{epoch}_{DATE}.pt", weights_only=True)
 
 
 ARGS = ["--gpus", "0", "--epochs", "3", "--bs", "64", "--save_every", "0"]
@@ -79,7 +80,7 @@ def test_a_ray_train_job_ends_with_the_weights_of_two_local_processes(project, c
     python(project, "main.py", "--data_dir", str(local), *ARGS, "--procs", "2")
     for epoch in range(3):
         assert_same_weights(weights(on_ray, epoch), weights(local, epoch), atol=1e-6)
-    assert (on_ray / f"metrics_{DATE}.csv").read_text().splitlines()[1:] != []
+    assert (only_run(on_ray) / f"metrics_{DATE}.csv").read_text().splitlines()[1:] != []
 
 
 def test_a_killed_ray_job_resumes_from_its_last_epoch(project, cluster, tmp_path):
@@ -89,7 +90,7 @@ def test_a_killed_ray_job_resumes_from_its_last_epoch(project, cluster, tmp_path
     data_dir = copy_prepared_data(project, DATE, tmp_path / "killed")
     command = [sys.executable, "main.py", "--data_dir", str(data_dir), *ARGS,
                "--ray_address", cluster, "--ray_workers", "2"]
-    process, checkpoint = start_until_checkpoint(project, data_dir / f"checkpoint_{DATE}.pt",
+    process, checkpoint = start_until_checkpoint(project, data_dir, f"checkpoint_{DATE}.pt",
                                                  command, stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL)
     os.kill(process.pid, signal.SIGKILL)  # the driver: Ray ends the job's workers with it
@@ -99,7 +100,7 @@ def test_a_killed_ray_job_resumes_from_its_last_epoch(project, cluster, tmp_path
         assert time.monotonic() < deadline, "the killed job's workers still run"
         time.sleep(0.5)
     saved = torch.load(checkpoint, weights_only=True)["epoch"]
-    assert saved < 2 and not (data_dir / f"metrics_{DATE}.csv").exists()
+    assert saved < 2 and not (only_run(data_dir) / f"metrics_{DATE}.csv").exists()
 
     result = python(project, "main.py", "--data_dir", str(data_dir), *ARGS, "--ray_address",
                     cluster, "--ray_workers", "2", "--resume")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from .conftest import python, quikgen
+from .conftest import only_run, python, quikgen
 
 pytestmark = [
     pytest.mark.slow,
@@ -50,6 +50,8 @@ def test_three_trials_finish_and_the_best_config_is_the_lowest_valid_loss(projec
            "--gpus", "0")
     histories = trial_histories(project)
     assert len(histories) == 3 and all(histories.values())
+    # Each trial is a run of its own in the search's folder.
+    assert len(list(newest_search(project).glob(f"runs/*/state_dict_e0_{DATE}.pt"))) == 3
     best_loss = min(min(history) for history in histories.values())
     best_file = project / "data" / f"best_config_{DATE}.yaml"
     saved = yaml.safe_load(best_file.read_text())
@@ -60,7 +62,7 @@ def test_three_trials_finish_and_the_best_config_is_the_lowest_valid_loss(projec
     result = python(project, "main.py", "--config", str(best_file), "--epochs", "1",
                     "--gpus", "0", "--output_dir", str(project / "from-best"))
     assert f"x batch {saved['bs']} x" in result.stdout
-    assert (project / "from-best" / f"state_dict_e0_{DATE}.pt").is_file()
+    assert (only_run(project / "from-best") / f"state_dict_e0_{DATE}.pt").is_file()
 
 
 def test_trials_of_two_ddp_processes_each(project):

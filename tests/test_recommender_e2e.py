@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from .conftest import git, python, quikgen
+from .conftest import git, only_run, python, quikgen
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_synthetic_data_trains_three_epochs_with_falling_valid_loss(project):
     data = project / "data"
     (date,) = {path.stem.rsplit("_", 1)[1] for path in data.glob("train_tensor_*.pt")}
     for epoch in ("orig", "0", "1", "2"):
-        assert (data / f"state_dict_e{epoch}_{date}.pt").is_file()
+        assert (only_run(data) / f"state_dict_e{epoch}_{date}.pt").is_file()
     assert git(project, "status", "--porcelain") == ""
 
 

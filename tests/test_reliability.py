@@ -113,7 +113,26 @@ def test_resume_without_a_checkpoint(project, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(project / "data", data)
     result = python(project, "main.py", "--data_dir", str(data), "--resume", check=False)
-    assert_one_line_error(result, "--resume: no checkpoint at", exit_code=1)
+    assert_one_line_error(result, "--resume: no run on the data of", exit_code=1)
+
+
+@pytest.mark.parametrize("where", ["proc", "under-a-file"])
+def test_an_output_folder_that_cannot_be_written(project, tmp_path, where):
+    # Root may write anywhere but in /proc, and nobody can make a folder inside a file.
+    (tmp_path / "a-file").write_text("")
+    output_dir = "/proc/forbidden" if where == "proc" else str(tmp_path / "a-file" / "out")
+    result = python(project, "main.py", "--gpus", "0", "--output_dir", output_dir, check=False)
+    assert_one_line_error(result, f"--output_dir {output_dir}: cannot write there", exit_code=1)
+
+
+def test_a_new_run_never_takes_the_name_of_an_earlier_one(project, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(project / "data", data)
+    python(project, "main.py", "--data_dir", str(data), "--epochs", "1", "--run", "baseline")
+    result = python(project, "main.py", "--data_dir", str(data), "--epochs", "1",
+                    "--run", "baseline", check=False)
+    assert_one_line_error(result, "--run baseline: ", exit_code=1)
+    assert "holds a run already; continue it with --resume, or name another run" in result.stderr
 
 
 def test_resume_under_fp16_from_a_run_without_it(project, tmp_path):

@@ -105,7 +105,7 @@ def test_build_refuses_a_model_setting_other_than_the_trained_one(bert_archive, 
     project = bert_archive
     if flag == "--bert_type":  # training records a local folder by its absolute path
         recorded = (project / recorded).resolve()
-    (run_info,) = (project / "data").glob("run_info_*.json")
+    (run_info,) = (project / "data").glob("runs/*/run_info_*.json")
     data_date = run_info.stem.rsplit("_", 1)[1]
     mar = project / "serve" / "model_store" / "served_bert.mar"
     built = mar.stat().st_mtime_ns
@@ -197,22 +197,57 @@ def test_torchserve_restarted_mid_run_loses_and_repeats_no_record(recommender_ar
 def test_build_without_epoch_archives_the_recorded_best_epoch(recommender_archive, tmp_path):
     project = tmp_path / "served-recs"
     shutil.copytree(recommender_archive, project, ignore=shutil.ignore_patterns("serve"))
-    (run_info,) = (project / "data").glob("run_info_*.json")
+    (run_info,) = (project / "data").glob("runs/*/run_info_*.json")
     data_date = run_info.stem.rsplit("_", 1)[1]
     # As if validation had found epoch 0 better than the last one.
     run_info.write_text(json.dumps({**json.loads(run_info.read_text()), "best_epoch": 0}))
 
     result = python(project, "-m", "served_recs.serve", "build")
-    assert result.stdout.endswith(f": epoch 0 of {data_date}\n")
+    assert result.stdout.endswith(f": epoch 0 of run {run_info.parent.name} on {data_date}\n")
     archived = torch.export.load(project / "serve" / "build" / "model.pt2").module().state_dict()
 
     def archived_is(epoch):
-        trained = torch.load(project / "data" / f"state_dict_e{epoch}_{data_date}.pt",
+        trained = torch.load(run_info.parent / f"state_dict_e{epoch}_{data_date}.pt",
                              weights_only=True)
         return all(torch.equal(archived[name], weights) for name, weights in trained.items())
 
     assert archived_is(0)
     assert not archived_is(1)  # the last epoch
+
+
+def built_weights(project, package) -> dict:
+    """The weights in serve/build/, as the engine will load them."""
+    build = project / "serve" / "build"
+    if package == "served_recs":
+        return torch.export.load(build / "model.pt2").module().state_dict()
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(build).state_dict()
+
+
+@pytest.mark.parametrize("archive", ["recommender_archive", "bert_archive"])
+def test_a_second_run_of_the_day_keeps_the_first_and_each_can_be_served(
+        archive, request, tmp_path):
+    package = "served_recs" if archive == "recommender_archive" else "served_bert"
+    project = tmp_path / "project"
+    shutil.copytree(request.getfixturevalue(archive), project, ignore=shutil.ignore_patterns("serve"))
+    (first,) = (project / "data" / "runs").iterdir()
+    kept = {path.name: path.read_bytes() for path in first.iterdir()}
+    flags = {"served_recs": ["--epochs", "2", "--embedding_dim", "16"],
+             "served_bert": ["--bert_type", "models/tiny", "--max_length", "64", "--epochs", "1"]}
+    python(project, "main.py", "--gpus", "0", *flags[package], "--lr", "0.02", env=OFFLINE)
+
+    (second,) = set((project / "data" / "runs").iterdir()) - {first}
+    assert {path.name: path.read_bytes() for path in first.iterdir()} == kept
+    assert {path.name for path in second.iterdir()} == set(kept)
+    for run, named in [(second, []), (first, ["--run", first.name])]:
+        result = python(project, "-m", f"{package}.serve", "build", *named, env=OFFLINE)
+        assert f" of run {run.name} on " in result.stdout
+        best = json.loads(next(run.glob("run_info_*.json")).read_text())["best_epoch"]
+        (trained,) = run.glob(f"state_dict_e{best}_*.pt")
+        trained = torch.load(trained, weights_only=True)
+        built = built_weights(project, package)
+        assert all(torch.equal(built[name], weights) for name, weights in trained.items())
 
 
 class FlakyServer(http.server.BaseHTTPRequestHandler):

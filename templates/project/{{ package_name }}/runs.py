@@ -80,7 +80,10 @@ def run_to_resume(
     if resume is None:
         return None, False
     if resume == "always":
-        return find_run(output_dir, name, data_date), True
+        try:
+            return find_run(output_dir, name, data_date), True
+        except UsageError as error:
+            raise UsageError(f"--resume: {error}") from None
     folder = latest_run(output_dir, data_date) if name is None else Path(output_dir, RUNS, name)
     record = run_record(folder, data_date) if folder is not None else None
     if record is None or record.get("finished"):
