@@ -1,5 +1,6 @@
 """MLflow tracking in generated projects, against a real store and a real server."""
 
+import json
 import os
 import shutil
 import signal
@@ -235,3 +236,27 @@ def test_without_mlflow_installed_the_error_names_the_extra(project, tmp_path):
     assert result.returncode == 1
     assert "pip install 'mlflow>=3'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_build_from_an_mlflow_run_takes_the_settings_logged_with_it(tmp_path):
+    # The newest local run has other settings (--embedding_dim 32): the MLflow run's
+    # weights are built with the record logged beside them, not with the local one.
+    project = tmp_path / "served"
+    assert quikgen("new", str(project), "--defaults", "--data", "tracker=mlflow",
+                   "--data", "use_serve=true").exit_code == 0
+    python(project, "-m", "served.data", "--synthetic", "--rows", ROWS, "--users", "50",
+           "--items", "40", "--data_date", DATE)
+    uri = f"sqlite:///{tmp_path / 'serve.db'}"
+    python(project, "main.py", "--gpus", "0", "--epochs", "2", "--embedding_dim", "16",
+           "--use_mlflow", "--tracking_uri", uri, "--run_name", "to-serve")
+    (logged,) = (project / "data" / "runs").iterdir()
+    python(project, "main.py", "--gpus", "0", "--epochs", "1", "--embedding_dim", "32")
+
+    built = python(project, "-m", "served.serve", "build", "--tracking_uri", uri,
+                   "--mlflow_filter", "attributes.run_name = 'to-serve'").stdout
+    best = json.loads(next(logged.glob("run_info_*.json")).read_text())["best_epoch"]
+    assert (f"served.mar: epoch {best} of the MLflow run \"attributes.run_name = 'to-serve'\" "
+            f"on {DATE}") in built
+    archived = torch.export.load(project / "serve" / "build" / "model.pt2").module().state_dict()
+    trained = torch.load(logged / f"state_dict_e{best}_{DATE}.pt", weights_only=True)
+    assert all(torch.equal(archived[name], weights) for name, weights in trained.items())
