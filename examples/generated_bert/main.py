@@ -12,12 +12,13 @@ import sys
 from functools import partial
 
 from generated_bert.args import UsageError
-from generated_bert.checkpoints import checkpoint_path, load_checkpoint, resumes
+from generated_bert.checkpoints import checkpoint_path, load_checkpoint
 from generated_bert.cli import parse_args
 from generated_bert.launch import launch
+from generated_bert.runs import check_writable, run_to_resume
 from generated_bert.stopping import Stopped
 from generated_bert.tracking import TrackingSettings, open_run
-from generated_bert.train import train
+from generated_bert.train import run_settings, train
 from generated_bert.tune import (
     ClusterSettings,
     SearchSettings,
@@ -42,12 +43,16 @@ def main(argv=None) -> None:
 
 
 def run(args) -> None:
-    # A checkpoint to resume from is checked here, with one line, not in every
-    # process, where rank 0 will run: it resumes the job from its own disk.
-    checkpoint = checkpoint_path(args.output_dir, args.data_date)
+    # The run to resume, or the folder to write a new one in, is checked here, with
+    # one line, not in every process, where rank 0 will run: it decides for the job.
     rank_0_here = args.nr == 0 and os.environ.get("RANK", "0") == "0"  # RANK: torchrun's
-    if rank_0_here and resumes(args.resume, checkpoint):
-        load_checkpoint(checkpoint, "cpu", args.epochs)
+    if rank_0_here:
+        folder, resuming = run_to_resume(args.output_dir, args.run, args.data_date, args.resume)
+        if resuming:
+            checkpoint = checkpoint_path(folder, args.data_date)
+            load_checkpoint(checkpoint, "cpu", args.epochs, settings=run_settings(args))
+        else:
+            check_writable(args.output_dir)
     # One run of the tracker for the whole job, however many processes train in it
     # (for a search: the parent of one run per trial); None where nothing is tracked.
     tracking = TrackingSettings.pick(vars(args))

@@ -12,6 +12,7 @@ the ``defaults`` dict, the command line, and edits to the parsed Namespace.
 
 import argparse
 import dataclasses
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -108,6 +109,15 @@ def date_type(text: str) -> str:
         datetime.strptime(text, "%Y%m%d")
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a date as YYYYMMDD, got {text}") from None
+    return text
+
+
+def run_name_type(text: str) -> str:
+    """A run's name is a folder's name: letters, digits, '.', '_' and '-'."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise argparse.ArgumentTypeError(
+            f"must be a folder name of letters, digits, '.', '_' and '-', got {text!r}"
+        )
     return text
 
 
@@ -286,10 +296,10 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
         const="always",
         choices=["always", "auto"],
         default=None,
-        help="continue from the checkpoint in --output_dir (data/checkpoint_{date}.pt, "
-        "written after every epoch, every --save_every and on SIGTERM or Ctrl-C); "
-        "--resume auto starts afresh when there is none, as torchrun --max-restarts "
-        "and re-queued jobs need",
+        help="continue the latest run (or --run NAME) from its checkpoint, written after "
+        "every epoch, every --save_every and on SIGTERM or Ctrl-C; --resume auto starts "
+        "a new run instead where that run has no checkpoint or has finished, as "
+        "torchrun --max-restarts and re-queued jobs need",
     )
     group.add_argument(
         "--save_every",
@@ -323,7 +333,17 @@ def add_learn_args(parser: argparse.ArgumentParser, defaults: dict | None = None
         "--output_dir",
         type=Path,
         default=None,
-        help="folder for state dicts, checkpoints and metrics (default: --data_dir)",
+        help="folder whose runs/ holds a folder per run, with its state dicts, checkpoint "
+        "and metrics (default: --data_dir)",
+    )
+    group.add_argument(
+        "--run",
+        type=run_name_type,
+        default=None,
+        metavar="NAME",
+        help="the run's folder in OUTPUT_DIR/runs/: a new run's name (default: when it "
+        "starts, e.g. 20241207-153012), or the run to --resume or serve (default: the "
+        "latest)",
     )
     group.add_argument(
         "--find_unused_parameters",

@@ -1,11 +1,12 @@
-"""State dicts per epoch, and the resumable checkpoint.
+"""State dicts per epoch, and the resumable checkpoint, in a run's folder (runs.py):
 
-    data/state_dict_eorig_{date}.pt    weights before training
-    data/state_dict_e{epoch}_{date}.pt weights after each epoch (0-based)
-    data/checkpoint_{date}.pt          everything needed to resume: after the last epoch,
-                                       or mid-epoch (--save_every, SIGTERM, Ctrl-C)
-    data/run_info_{date}.json          what the weights are: the model's settings, the
-                                       best epoch so far; serving reads it
+    state_dict_eorig_{date}.pt    weights before training
+    state_dict_e{epoch}_{date}.pt weights after each epoch (0-based)
+    checkpoint_{date}.pt          everything needed to resume: after the last epoch,
+                                  or mid-epoch (--save_every, SIGTERM, Ctrl-C)
+    run_info_{date}.json          what the weights are: the model's settings, the best
+                                  epoch so far, when the run started, whether it has
+                                  finished; serving reads it
 
 State dicts hold the bare model's weights: no ``module.`` (DDP) or ``_orig_mod.``
 (torch.compile) prefixes, so they load into a freshly built model.
@@ -137,12 +138,14 @@ def save_checkpoint(
     steps_per_epoch: int,
     metrics: list[dict],
     epoch_loss: tuple[float, float] = (0.0, 0.0),
+    settings: dict | None = None,
 ) -> None:
     """Everything that decides what happens after ``step`` optimizer steps of
     ``epoch``: ``learner_state`` (the model's, optimizers', schedulers' and
     scaler's state dicts) and the place; ``step == steps_per_epoch`` once the epoch
     is over and in ``metrics``. ``epoch_loss`` is (sum of losses x rows, rows) of
-    the epoch so far, over all ranks. Randomness needs no state: each epoch's
+    the epoch so far, over all ranks; ``settings`` the flags --resume compares
+    (train.run_settings). Randomness needs no state: each epoch's
     shuffle is seeded by --seed and the epoch, and each step's dropout by --seed,
     the epoch, the step and the rank (see train.py). Written by ``writer``, in the
     background."""
@@ -156,22 +159,23 @@ def save_checkpoint(
             "steps_per_epoch": steps_per_epoch,
             "metrics": metrics,
             "epoch_loss": list(epoch_loss),
+            "settings": settings,
         },
     )
 
 
-def resumes(resume: str | None, path: Path) -> bool:
-    """Whether --resume continues from the checkpoint at ``path``: always, or
-    (--resume auto) when there is one."""
-    return resume == "always" or (resume == "auto" and path.is_file())
-
-
 def load_checkpoint(
-    path: Path, device: torch.device | str, epochs: int, steps_per_epoch: int | None = None
+    path: Path,
+    device: torch.device | str,
+    epochs: int,
+    steps_per_epoch: int | None = None,
+    settings: dict | None = None,
 ) -> dict:
     """The checkpoint at ``path``, checked to belong to an ``epochs``-epoch run with
     ``steps_per_epoch`` optimizer steps per epoch (when given): the learning-rate
-    schedule was laid out for that many steps in all."""
+    schedule was laid out for that many steps in all. With ``settings``
+    (train.run_settings), the flags that shape the model and the data must be the
+    checkpoint's too."""
     if not path.is_file():
         raise UsageError(f"--resume: no checkpoint at {path}; train without --resume first")
     try:
@@ -197,7 +201,47 @@ def load_checkpoint(
             f"--resume: {path} was written by an older train.py (one optimizer); "
             "finish that run with the code that started it, or train without --resume"
         )
+    changed = differing(checkpoint, settings or {}, "fixed")
+    if changed:
+        was = ", ".join(f"--{flag} {old} (now {new})" for flag, old, new in changed)
+        raise UsageError(
+            f"--resume: {path.parent} was trained with {was}; resume with its values, "
+            "or train without --resume to start a new run"
+        )
     # Checkpoints of quikgen 0.1 were written after whole epochs only.
     checkpoint.setdefault("step", checkpoint.get("steps_per_epoch"))
     checkpoint.setdefault("epoch_loss", [0.0, 0.0])
     return checkpoint
+
+
+def changed_optimizer_settings(checkpoint: dict, settings: dict) -> str | None:
+    """A line saying which optimizer flags differ from those of the run that
+    ``checkpoint`` continues, whose optimizer state and schedule carry on; or None."""
+    changed = differing(checkpoint, settings, "optimizer")
+    if not changed:
+        return None
+    given = ", ".join(f"--{flag} {new}" for flag, _, new in changed)
+    kept = ", ".join(f"--{flag} {old}" for flag, old, _ in changed)
+    return (
+        f"--resume: {given} ignored: the run goes on with its own optimizer state and "
+        f"schedule ({kept}); train without --resume to start a run with them"
+    )
+
+
+def differing(checkpoint: dict, settings: dict, group: str) -> list[tuple[str, str, str]]:
+    """(flag, the checkpoint's value, this run's) for each flag of ``group`` (see
+    train.run_settings) whose values differ, as they are typed (--betas 0.9 0.999).
+    A checkpoint written before settings were recorded differs in none."""
+    recorded = (checkpoint.get("settings") or {}).get(group, {})
+    current = settings.get(group, {})
+    typed = {
+        flag: (flag_text(recorded[flag]), flag_text(current[flag]))
+        for flag in recorded.keys() & current.keys()
+    }
+    return [(flag, old, new) for flag, (old, new) in sorted(typed.items()) if old != new]
+
+
+def flag_text(value) -> str:
+    if isinstance(value, list | tuple):
+        return " ".join(str(item) for item in value)
+    return str(value)

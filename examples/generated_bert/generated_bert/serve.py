@@ -5,8 +5,9 @@
     python -m generated_bert.api records.csv --out predictions.csv
     python -m generated_bert.serve stop
 
-`build` serves the model as training recorded it in data/run_info_{date}.json: the
-settings that shape the model, and which epoch had the lowest validation loss.
+`build` serves the latest run (or --run NAME) as training recorded it in the run's
+run_info_{date}.json: the settings that shape the model, and which epoch had the
+lowest validation loss.
 What differs by kind (the model's files, how the client reads records) is in
 serving.py; what differs by engine (packing, starting, stopping, posting) is in
 ray_serve.py. Everything lives in serve/, which git ignores.
@@ -19,8 +20,9 @@ from pathlib import Path
 
 from . import ray_serve as engine
 from .args import PROJECT_DIR, UsageError, checked
-from .checkpoints import load_run_info, state_dict_path
+from .checkpoints import load_run_info, run_info_path, state_dict_path
 from .cli import parse_args as training_flags
+from .runs import find_run
 from .serving import MODEL_FILES, ServedSettings, add_trained_settings_flags, write_model_files
 from .tracking import STATE_DICT_NAME, TrackingSettings, get_state_dict
 
@@ -44,7 +46,7 @@ epoch_type = checked(
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The serve command's flags; for ``build`` also the training flags (e.g.
-    --output_dir), which say where the trained weights are."""
+    --run, --output_dir), which say where the trained weights are."""
     parser = argparse.ArgumentParser(
         prog=f"python -m {__package__}.serve",
         description=f"Serve a trained epoch with {engine.NAME}.",
@@ -76,23 +78,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return args
-    # The rest are training flags, e.g. --output_dir or --data_date.
+    # The rest are training flags, e.g. --run, --output_dir or --data_date.
     return argparse.Namespace(**{**vars(training_flags(rest)), **vars(args)})
 
 
 def build(
     epoch: int | str,
     data_dir: Path,
-    trained_in: Path,
-    weights_dir: Path,
+    run_folder: Path,
     data_date: str,
     served: ServedSettings,
 ) -> tuple[Path, int | str]:
-    """Write into serve/build/ what serves epoch ``epoch`` of the run on ``data_date``,
-    whose weights are in ``weights_dir``, with the settings training recorded in
-    ``trained_in`` (``served`` may repeat them, never change them). Returns the
-    folder and the epoch."""
-    run_info = load_run_info(trained_in, data_date)
+    """Write into serve/build/ what serves epoch ``epoch`` of the run on ``data_date``
+    whose weights and record (the settings it trained with) are in ``run_folder``
+    (``served`` may repeat those settings, never change them). Returns the folder
+    and the epoch."""
+    run_info = load_run_info(run_folder, data_date)
     differences = served.differences(run_info)
     if differences:
         given = ", ".join(f"{flag} {value}" for flag, value, _ in differences)
@@ -109,11 +110,11 @@ def build(
                 "build once one has, or pass --epoch orig"
             )
         epoch = run_info["best_epoch"]
-    state_dict = state_dict_path(weights_dir, epoch, data_date)
+    state_dict = state_dict_path(run_folder, epoch, data_date)
     if not state_dict.is_file():
         raise UsageError(
             f"no state dict for epoch {epoch} of {data_date} in "
-            f"{weights_dir}; train first, or pick another --epoch"
+            f"{run_folder}; train first, or pick another --epoch"
         )
     build_dir = SERVE_DIR / "build"
     shutil.rmtree(build_dir, ignore_errors=True)
@@ -127,25 +128,30 @@ def main(argv=None):
     try:
         args = parse_args(argv)
         if args.command == "build":
-            epoch, weights_dir, data_date = args.epoch, args.output_dir, args.data_date
+            epoch, data_date = args.epoch, args.data_date
             if args.mlflow_filter:
-                # The run names the epoch ("best": its best_epoch tag) and the data set;
-                # the settings are those this project recorded when it trained on that data.
+                # The MLflow run names the epoch ("best": its best_epoch tag) and the
+                # data set, and holds the run's record beside its state dicts.
                 tracking = TrackingSettings.pick(vars(args))
                 into = SERVE_DIR / "from_mlflow"
+                shutil.rmtree(into, ignore_errors=True)
                 fetched = get_state_dict(tracking, epoch, into, args.mlflow_filter)
                 saved = STATE_DICT_NAME.match(fetched.name)
-                epoch, weights_dir, data_date = saved["epoch"], fetched.parent, saved["date"]
+                epoch, run_folder, data_date = saved["epoch"], fetched.parent, saved["date"]
+                run_name = f"the MLflow run {args.mlflow_filter!r}"
+                if not run_info_path(run_folder, data_date).is_file():
+                    raise UsageError(
+                        f"{run_name} logged no {run_info_path(run_folder, data_date).name}; "
+                        "build from this project's own run (--run) instead"
+                    )
+            else:
+                run_folder = find_run(args.output_dir, args.run, data_date)
+                run_name = f"run {run_folder.name}"
             build_dir, epoch = build(
-                epoch,
-                args.data_dir,
-                args.output_dir,
-                weights_dir,
-                data_date,
-                ServedSettings.pick(vars(args)),
+                epoch, args.data_dir, run_folder, data_date, ServedSettings.pick(vars(args))
             )
             packed = engine.package(build_dir, SERVE_DIR, engine.PackageSettings.pick(vars(args)))
-            print(f"wrote {packed}: epoch {epoch} of {data_date}")
+            print(f"wrote {packed}: epoch {epoch} of {run_name} on {data_date}")
         elif args.command == "start":
             url = engine.start(SERVE_DIR, engine.ServerSettings.pick(vars(args)))
             print(f"serving {url}; its configuration and logs are in {SERVE_DIR}")

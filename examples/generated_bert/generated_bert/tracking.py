@@ -337,7 +337,8 @@ def get_state_dict(
     run_id: str | None = None,
 ) -> Path:
     """Download epoch ``epoch``'s state dict of one run into ``dst`` and return
-    its path; its name carries the data set's date.
+    its path; its name carries the data set's date. The run's record
+    (run_info_{date}.json, what the model was trained with) comes beside it.
     ``epoch`` "best" is the epoch of the run's best_epoch tag.
 
     Name the run by ``run_id``, or by a filter such as "params.lr = '0.01'" or
@@ -361,11 +362,8 @@ def get_state_dict(
             raise UsageError(
                 f"run {run_id} has no best_epoch tag (it did not finish); name an epoch instead"
             )
-    saved = {
-        match["epoch"]: artifact.path
-        for artifact in client.list_artifacts(run_id)
-        if (match := STATE_DICT_NAME.match(artifact.path))
-    }
+    artifacts = [artifact.path for artifact in client.list_artifacts(run_id)]
+    saved = {match["epoch"]: path for path in artifacts if (match := STATE_DICT_NAME.match(path))}
     if str(epoch) not in saved:
         epochs = sorted(saved)
         raise UsageError(
@@ -374,5 +372,9 @@ def get_state_dict(
         )
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
+    state_dict = saved[str(epoch)]
+    run_info = f"run_info_{STATE_DICT_NAME.match(state_dict)['date']}.json"
     with s3_endpoint(tracking.endpoint_url):
-        return Path(client.download_artifacts(run_id, saved[str(epoch)], str(dst)))
+        if run_info in artifacts:
+            client.download_artifacts(run_id, run_info, str(dst))
+        return Path(client.download_artifacts(run_id, state_dict, str(dst)))

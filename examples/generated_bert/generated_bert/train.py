@@ -18,7 +18,8 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -32,11 +33,10 @@ from .args import FlagValues, Interval, UsageError
 from .batching import groups_of, shard
 from .checkpoints import (
     BackgroundWriter,
+    changed_optimizer_settings,
     checkpoint_path,
     load_checkpoint,
     load_state_dict,
-    resumes,
-    run_info_path,
     save_checkpoint,
     save_run_info,
     save_state_dict,
@@ -52,6 +52,7 @@ from .metrics import (
     save_loss_curve,
     save_metrics_table,
 )
+from .runs import new_run, run_record, run_to_resume
 from .stopping import Stopped, received, stopped_at
 from .task import Task, TaskSettings
 from .tracking import TrackedRun, TrackingSettings, run_logger
@@ -113,7 +114,7 @@ def train(
         train_rows,
         steps_per_epoch,
         run_logger(TrackingSettings.pick(vars(args)), tracked_run if world.is_logger else None),
-        checkpoint_path(args.output_dir, args.data_date),
+        run_settings(args),
     )
     first_epoch, first_step, resumed_loss = resume_or_start(run)
     if world.is_ddp:
@@ -172,8 +173,20 @@ class LoopSettings(FlagValues):
     log_every: int
     save_every: Interval
     resume: str | None
+    run: str | None
     output_dir: Path
     data_date: str
+
+
+def run_settings(args) -> dict:
+    """The flags a run's checkpoint records, for --resume to compare with its own:
+    "fixed", those that shape the model, the data and the schedule, which a run
+    cannot change; "optimizer", those its optimizer's saved state carries on with."""
+    fixed = {"data_date": args.data_date, "warmup_ratio": args.warmup_ratio}
+    return {
+        "fixed": {**fixed, **asdict(TaskSettings.pick(vars(args)))},
+        "optimizer": {name: getattr(args, name) for name in ("lr", "weight_decay", "betas", "eps")},
+    }
 
 
 @dataclass
@@ -248,7 +261,8 @@ class Learner:
 @dataclass
 class Run:
     """What every step of train() shares: the flags, this process's world, the task,
-    the learner, the tracker and where the checkpoint goes; the metrics so far."""
+    the learner, the tracker, the settings its checkpoint records (run_settings);
+    the run's folder once resume_or_start chose it, and the metrics so far."""
 
     flags: LoopSettings
     world: World
@@ -257,9 +271,15 @@ class Run:
     train_rows: torch.Tensor
     steps_per_epoch: int
     tracker: object  # tracking.run_logger's: logs nothing on ranks other than 0
-    checkpoint_file: Path
+    settings: dict
+    folder: Path | None = None  # data/runs/{name}/, see runs.py
+    started: str = ""  # when the run first started, ISO 8601
     writer: BackgroundWriter = field(default_factory=BackgroundWriter)  # rank 0's checkpoints
     metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return checkpoint_path(self.folder, self.flags.data_date)
 
     def save(self, epoch: int, step: int, epoch_loss=(0.0, 0.0)) -> None:
         """Rank 0 writes the checkpoint after ``step`` steps of ``epoch``, in the background
@@ -275,6 +295,7 @@ class Run:
                 steps_per_epoch=self.steps_per_epoch,
                 metrics=self.metrics,
                 epoch_loss=epoch_loss,
+                settings=self.settings,
             )
 
     def stop_if(self, signal_number: int, where: str) -> None:
@@ -298,27 +319,26 @@ class Run:
 
 
 def resume_or_start(run: Run) -> tuple[int, int, tuple[float, float]]:
-    """Where training starts: the epoch, the optimizer steps of it already taken, and
-    the losses of those steps (sum of losses x rows, rows), summed over all ranks
-    when they were saved and carried by rank 0. A fresh run saves the untrained
-    weights (state_dict_eorig); either way rank 0 writes the run record."""
+    """The run's folder, and where training starts: the epoch, the optimizer steps
+    of it already taken, and the losses of those steps (sum of losses x rows, rows),
+    summed over all ranks when they were saved and carried by rank 0. A fresh run
+    saves the untrained weights (state_dict_eorig); either way rank 0 writes the
+    run record."""
     flags, world = run.flags, run.world
     start = (0, 0, (0.0, 0.0))
-    # Rank 0 decides for the whole job, from its own disk, and sends the checkpoint
-    # (or why it cannot be resumed) to the others: without a filesystem shared
-    # between machines, another machine's copy may be missing or older.
-    checkpoint = None
+    # Rank 0 decides for the whole job, from its own disk, and sends its decision
+    # (or why it cannot go on) to the others: without a filesystem shared between
+    # machines, another machine's copy of a run may be missing or older.
+    decision = None
     if world.is_logger:
         try:
-            if resumes(flags.resume, run.checkpoint_file):
-                checkpoint = load_checkpoint(
-                    run.checkpoint_file, "cpu", flags.epochs, run.steps_per_epoch
-                )
+            decision = chosen_run(run)
         except UsageError as error:
-            checkpoint = error
-    checkpoint = from_logger(checkpoint, world)
-    if isinstance(checkpoint, UsageError):
-        raise checkpoint
+            decision = error
+    decision = from_logger(decision, world)
+    if isinstance(decision, UsageError):
+        raise decision
+    run.folder, run.started, checkpoint = decision
     if checkpoint is not None:
         run.learner.load_state_dict(checkpoint)
         run.metrics = checkpoint["metrics"]
@@ -328,10 +348,32 @@ def resume_or_start(run: Run) -> tuple[int, int, tuple[float, float]]:
             loss = tuple(checkpoint["epoch_loss"]) if world.is_logger else (0.0, 0.0)
             start = (checkpoint["epoch"], checkpoint["step"], loss)
     elif world.is_logger:
-        save_state_dict(run.learner.model, flags.output_dir, "orig", flags.data_date)
+        save_state_dict(run.learner.model, run.folder, "orig", flags.data_date)
     if world.is_logger:
         save_run_record(run)
     return start
+
+
+def chosen_run(run: Run) -> tuple[Path, str, dict | None]:
+    """Rank 0's choice of run: its folder, when it first started, and the checkpoint
+    to resume from (None: from the start). Says so when the optimizer's flags
+    differ from those the checkpoint carries on with."""
+    flags = run.flags
+    now = datetime.now().isoformat()
+    folder, resuming = run_to_resume(flags.output_dir, flags.run, flags.data_date, flags.resume)
+    if not resuming:
+        return folder or new_run(flags.output_dir, flags.run), now, None
+    checkpoint = load_checkpoint(
+        checkpoint_path(folder, flags.data_date),
+        "cpu",
+        flags.epochs,
+        run.steps_per_epoch,
+        run.settings,
+    )
+    notice = changed_optimizer_settings(checkpoint, run.settings)
+    if notice:
+        print(notice)
+    return folder, run_record(folder, flags.data_date).get("started", now), checkpoint
 
 
 def print_plan(run: Run, dtype: torch.dtype, first_epoch: int, first_step: int) -> None:
@@ -342,7 +384,9 @@ def print_plan(run: Run, dtype: torch.dtype, first_epoch: int, first_step: int) 
         f"{per_step} {run.task.noun} per step, {run.steps_per_epoch} steps per epoch, "
         f"on {world.device}, {dtype}"
     )
-    if first_step:
+    if not first_epoch and not first_step:
+        print(f"run {run.folder.name}: its files go to {run.folder}")
+    elif first_step:
         print(
             f"resuming in epoch {first_epoch + 1}/{flags.epochs} after step {first_step} "
             f"from {run.checkpoint_file}"
@@ -418,24 +462,32 @@ def train_epoch(
 
 def save_epoch(run: Run, epoch: int) -> None:
     """Rank 0 writes the epoch's state dict, the checkpoint after it and the run
-    record, and logs the valid loss and the state dict to the tracker."""
+    record, and logs the valid loss, the state dict and the record to the tracker."""
     if not run.world.is_logger:
         return
     flags = run.flags
-    state_dict = save_state_dict(run.learner.model, flags.output_dir, epoch, flags.data_date)
+    state_dict = save_state_dict(run.learner.model, run.folder, epoch, flags.data_date)
     run.save(epoch, run.steps_per_epoch)
-    save_run_record(run)
+    run_info = save_run_record(run)
     run.tracker.log_metric(
         "valid_loss", run.metrics[-1]["valid_loss"], (epoch + 1) * run.steps_per_epoch
     )
     run.tracker.flush()
     run.tracker.log_artifact(state_dict)
+    run.tracker.log_artifact(run_info)  # with the weights: what they were trained with
 
 
-def save_run_record(run: Run) -> Path:
-    """What serving needs to rebuild the model (task.run_info), and the best epoch so far."""
-    info = {**run.task.run_info, "best_epoch": best_epoch(run.metrics)}
-    return save_run_info(run.flags.output_dir, run.flags.data_date, info)
+def save_run_record(run: Run, finished: bool = False) -> Path:
+    """What serving needs to rebuild the model (task.run_info), the best epoch so
+    far, and when the run started and whether it has finished (see runs.py)."""
+    info = {
+        **run.task.run_info,
+        "best_epoch": best_epoch(run.metrics),
+        "run": run.folder.name,
+        "started": run.started,
+        "finished": finished,
+    }
+    return save_run_info(run.folder, run.flags.data_date, info)
 
 
 def test_and_report(run: Run) -> None:
@@ -447,7 +499,7 @@ def test_and_report(run: Run) -> None:
     if best != metrics[-1]["epoch"]:
         # Rank 0 reads the state dict it saved and sends it, so the others need no shared disk.
         weights = (
-            load_state_dict(flags.output_dir, best, flags.data_date, world.device)
+            load_state_dict(run.folder, best, flags.data_date, world.device)
             if world.is_logger
             else unwrap(learner.model).state_dict()
         )
@@ -461,18 +513,18 @@ def test_and_report(run: Run) -> None:
         test_loss,
         flags.bs,
         learner.autocast,
-        flags.output_dir,
+        run.folder,
         flags.data_date,
     )
-    metrics_file = data_file(flags.output_dir, "metrics", flags.data_date, ".csv")
+    metrics_file = data_file(run.folder, "metrics", flags.data_date, ".csv")
     save_metrics_table(metrics, best, test_metrics, metrics_file)
-    curve_file = data_file(flags.output_dir, "loss_curve", flags.data_date, ".png")
+    curve_file = data_file(run.folder, "loss_curve", flags.data_date, ".png")
     save_loss_curve(metrics, best, curve_file)
     for name, value in test_metrics.items():
         run.tracker.log_metric(name, value, flags.epochs * run.steps_per_epoch)
     run.tracker.flush()
     run.tracker.set_tag("best_epoch", best)
-    run_info = run_info_path(flags.output_dir, flags.data_date)
+    run_info = save_run_record(run, finished=True)
     for path in [metrics_file, curve_file, run_info, *report_files]:
         run.tracker.log_artifact(path)
     run.tracker.close()

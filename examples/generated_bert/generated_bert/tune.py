@@ -57,7 +57,7 @@ SAMPLERS = {
 FLOAT_SAMPLERS = {"uniform", "quniform", "loguniform", "qloguniform", "randn"}
 # What a search may vary: the flags of these groups, except where files are.
 TUNABLE_GROUPS = {"learning", "model", "hugging face"}
-NOT_TUNABLE = {"data_dir", "data_date", "output_dir", "resume"}
+NOT_TUNABLE = {"data_dir", "data_date", "output_dir", "run", "resume"}
 RESULTS_DIR = PROJECT_DIR / "ray_results"
 
 
@@ -301,13 +301,14 @@ def search_trial(
     worker_resources: dict,
 ) -> None:
     """One trial of a search: ``train_fn`` with the trial's values in place of the
-    flags', writing into its own folder, tracked as a child of the search's run
-    ``parent_run`` where runs are tracked, and reporting each epoch to Tune. With
+    flags', as a run of its own in the search's folder ``output_dir``
+    (runs/{trial_id}/), tracked as a child of the search's run ``parent_run``
+    where runs are tracked, and reporting each epoch to Tune. With
     --workers_per_trial > 1 it runs as a Ray Train DDP job of that many processes,
     each taking ``worker_resources``."""
     # A trial that Ray restarts (tune.FailureConfig) continues from its own checkpoint.
     trial_args = argparse.Namespace(
-        **{**vars(args), **config, "output_dir": output_dir, "resume": "auto"}
+        **{**vars(args), **config, "output_dir": output_dir, "run": trial_id, "resume": "auto"}
     )
     with open_run(
         TrackingSettings.pick(vars(trial_args)),
@@ -321,7 +322,7 @@ def search_trial(
             args.workers_per_trial,
             worker_resources,
             trial_id,
-            output_dir.parent.parent / "train",
+            output_dir / "train",
         )
 
 
@@ -472,7 +473,7 @@ def run_search(
 
     def trial(config):  # Ray names the trials' folders trial_*
         trial_id = tune.get_context().get_trial_id()
-        run_trial(config, trial_id, RESULTS_DIR / search_name / "trials" / trial_id, worker)
+        run_trial(config, trial_id, RESULTS_DIR / search_name, worker)
 
     tuner = tune.Tuner(
         tune.with_resources(trial, trial_resources),

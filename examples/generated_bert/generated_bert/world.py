@@ -95,6 +95,10 @@ def joined_world(gpu: int | None):
             world_size=dist.get_world_size() if dist.is_initialized() else 1,
             device=device,
         )
+        if creates_group:
+            # Rank 0 finishes last (the test report, the files): the others wait for
+            # it, so that no rank closes its connections while rank 0 still has them.
+            dist.barrier()
     finally:
         if creates_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -10,6 +10,7 @@ from generated_bert.data import load_label_names
 from generated_bert.data import main as prepare_data
 from generated_bert.hf import build_tiny_model, get_tokenizer, load_encoded_split, save_bert_model
 from generated_bert.report import classification_summary
+from generated_bert.runs import latest_run
 from generated_bert.task import length_grouped_batches
 
 DATE = "20240131"
@@ -49,32 +50,40 @@ def test_training_learns_and_writes_the_report(setup, capsys):
     run(data_dir, model_dir, "--epochs", "2")
     out = capsys.readouterr().out
     assert "accuracy" in out and "weighted avg" in out
-    assert (data_dir / f"confusion_{DATE}.png").is_file()
-    assert (data_dir / f"classification_report_{DATE}.txt").is_file()
+    folder = latest_run(data_dir, DATE)
+    assert (folder / f"confusion_{DATE}.png").is_file()
+    assert (folder / f"classification_report_{DATE}.txt").is_file()
     from matplotlib.image import imread
 
-    curve = imread(data_dir / f"loss_curve_{DATE}.png")  # a real PNG of the documented size
+    curve = imread(folder / f"loss_curve_{DATE}.png")  # a real PNG of the documented size
     assert curve.shape[:2] == (400, 600) and curve.std() > 0
     valid = [
         float(line.split(",")[2])
-        for line in (data_dir / f"metrics_{DATE}.csv").read_text().splitlines()[1:]
+        for line in (folder / f"metrics_{DATE}.csv").read_text().splitlines()[1:]
     ]
     assert valid[-1] < valid[0]
+
+
+def test_a_resume_with_another_max_length_is_one_line(setup):
+    data_dir, model_dir = setup
+    run(data_dir, model_dir, "--epochs", "1", "--max_length", "64")
+    with pytest.raises(SystemExit) as exit_info:
+        run(data_dir, model_dir, "--epochs", "1", "--max_length", "32", "--resume")
+    assert "--max_length 64 (now 32)" in str(exit_info.value)
 
 
 def test_saved_bert_model_gives_the_trained_logits(setup, tmp_path):
     data_dir, model_dir = setup
     run(data_dir, model_dir, "--epochs", "1")
     labels = load_label_names(data_dir, DATE)
-    saved = save_bert_model(
-        str(model_dir), labels, data_dir / f"state_dict_e0_{DATE}.pt", tmp_path / "saved"
-    )
+    state_dict = latest_run(data_dir, DATE) / f"state_dict_e0_{DATE}.pt"
+    saved = save_bert_model(str(model_dir), labels, state_dict, tmp_path / "saved")
 
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(saved).eval()
     trained = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels))
-    trained.load_state_dict(torch.load(data_dir / f"state_dict_e0_{DATE}.pt", weights_only=True))
+    trained.load_state_dict(torch.load(state_dict, weights_only=True))
     trained.eval()
     encoded = get_tokenizer(str(model_dir))(["the food was great"], return_tensors="pt")
     with torch.no_grad():
