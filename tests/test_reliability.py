@@ -113,7 +113,7 @@ def test_resume_without_a_checkpoint(project, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(project / "data", data)
     result = python(project, "main.py", "--data_dir", str(data), "--resume", check=False)
-    assert_one_line_error(result, "--resume: no run on the data of", exit_code=1)
+    assert_one_line_error(result, "--resume: no run in ", exit_code=1)
 
 
 @pytest.mark.parametrize("where", ["proc", "under-a-file"])
