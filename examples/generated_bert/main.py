@@ -18,7 +18,8 @@ from generated_bert.launch import launch
 from generated_bert.runs import check_writable, run_to_resume
 from generated_bert.stopping import Stopped
 from generated_bert.tracking import TrackingSettings, open_run
-from generated_bert.train import run_settings, train
+from generated_bert.task import TaskSettings
+from generated_bert.train import RecordedSettings, train
 from generated_bert.tune import (
     ClusterSettings,
     SearchSettings,
@@ -50,7 +51,8 @@ def run(args) -> None:
         folder, resuming = run_to_resume(args.output_dir, args.run, args.data_date, args.resume)
         if resuming:
             checkpoint = checkpoint_path(folder, args.data_date)
-            load_checkpoint(checkpoint, "cpu", args.epochs, settings=run_settings(args))
+            settings = RecordedSettings.pick(vars(args)).recorded(TaskSettings.pick(vars(args)))
+            load_checkpoint(checkpoint, "cpu", args.epochs, settings=settings)
         else:
             check_writable(args.output_dir)
     # One run of the tracker for the whole job, however many processes train in it

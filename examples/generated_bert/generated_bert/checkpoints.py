@@ -31,45 +31,45 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def state_dict_path(data_dir: Path, epoch: int | str, data_date: str) -> Path:
-    return data_file(data_dir, f"state_dict_e{epoch}", data_date)
+def state_dict_path(folder: Path, epoch: int | str, data_date: str) -> Path:
+    return data_file(folder, f"state_dict_e{epoch}", data_date)
 
 
-def save_state_dict(model: nn.Module, data_dir: Path, epoch: int | str, data_date: str) -> Path:
-    path = state_dict_path(data_dir, epoch, data_date)
+def save_state_dict(model: nn.Module, folder: Path, epoch: int | str, data_date: str) -> Path:
+    path = state_dict_path(folder, epoch, data_date)
     remove_leftovers(path)
     return save_torch(unwrap(model).state_dict(), path)
 
 
-def load_state_dict(data_dir: Path, epoch: int | str, data_date: str, device="cpu") -> dict:
-    return load_torch(state_dict_path(data_dir, epoch, data_date), device)
+def load_state_dict(folder: Path, epoch: int | str, data_date: str, device="cpu") -> dict:
+    return load_torch(state_dict_path(folder, epoch, data_date), device)
 
 
-def run_info_path(data_dir: Path, data_date: str) -> Path:
-    return data_file(data_dir, "run_info", data_date, ".json")
+def run_info_path(folder: Path, data_date: str) -> Path:
+    return data_file(folder, "run_info", data_date, ".json")
 
 
-def save_run_info(data_dir: Path, data_date: str, info: dict) -> Path:
+def save_run_info(folder: Path, data_date: str, info: dict) -> Path:
     """Write what a later step needs to rebuild the trained model, e.g.
     {"best_epoch": 2, "bert_type": ..., "max_length": 128, "label_names": [...]}."""
     text = json.dumps(info, indent=2) + "\n"
-    path = run_info_path(data_dir, data_date)
+    path = run_info_path(folder, data_date)
     remove_leftovers(path)
     return write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def load_run_info(data_dir: Path, data_date: str) -> dict:
-    path = run_info_path(data_dir, data_date)
+def load_run_info(folder: Path, data_date: str) -> dict:
+    path = run_info_path(folder, data_date)
     if not path.is_file():
         raise UsageError(
-            f"no {path.name} in {data_dir}: nothing was trained on the data of "
-            f"{data_date} there; train first, or pass its --data_date"
+            f"no {path.name} in {folder}: no record of what these weights were trained "
+            "with; use a run this project trained (--run)"
         )
     return json.loads(path.read_text())
 
 
-def checkpoint_path(data_dir: Path, data_date: str) -> Path:
-    return data_file(data_dir, "checkpoint", data_date)
+def checkpoint_path(folder: Path, data_date: str) -> Path:
+    return data_file(folder, "checkpoint", data_date)
 
 
 class BackgroundWriter:
@@ -145,7 +145,7 @@ def save_checkpoint(
     scaler's state dicts) and the place; ``step == steps_per_epoch`` once the epoch
     is over and in ``metrics``. ``epoch_loss`` is (sum of losses x rows, rows) of
     the epoch so far, over all ranks; ``settings`` the flags --resume compares
-    (train.run_settings). Randomness needs no state: each epoch's
+    (train.RecordedSettings). Randomness needs no state: each epoch's
     shuffle is seeded by --seed and the epoch, and each step's dropout by --seed,
     the epoch, the step and the rank (see train.py). Written by ``writer``, in the
     background."""
@@ -174,7 +174,7 @@ def load_checkpoint(
     """The checkpoint at ``path``, checked to belong to an ``epochs``-epoch run with
     ``steps_per_epoch`` optimizer steps per epoch (when given): the learning-rate
     schedule was laid out for that many steps in all. With ``settings``
-    (train.run_settings), the flags that shape the model and the data must be the
+    (train.RecordedSettings), the flags that shape the model and the data must be the
     checkpoint's too."""
     if not path.is_file():
         raise UsageError(f"--resume: no checkpoint at {path}; train without --resume first")
@@ -230,7 +230,7 @@ def changed_optimizer_settings(checkpoint: dict, settings: dict) -> str | None:
 
 def differing(checkpoint: dict, settings: dict, group: str) -> list[tuple[str, str, str]]:
     """(flag, the checkpoint's value, this run's) for each flag of ``group`` (see
-    train.run_settings) whose values differ, as they are typed (--betas 0.9 0.999).
+    train.RecordedSettings) whose values differ, as they are typed (--betas 0.9 0.999).
     A checkpoint written before settings were recorded differs in none."""
     recorded = (checkpoint.get("settings") or {}).get(group, {})
     current = settings.get(group, {})

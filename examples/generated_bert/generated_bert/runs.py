@@ -52,22 +52,25 @@ def latest_run(output_dir: Path, data_date: str) -> Path | None:
 
 def find_run(output_dir: Path, name: str | None, data_date: str) -> Path:
     """The folder of run ``name`` on the data of ``data_date``, or of the latest run."""
-    if name is None:
-        folder = latest_run(output_dir, data_date)
-        if folder is None:
-            raise UsageError(
-                f"no run on the data of {data_date} in {output_dir}; train first, "
-                "or pass the --data_date or --output_dir it was trained with"
-            )
+    folder = latest_run(output_dir, data_date) if name is None else Path(output_dir, RUNS, name)
+    if folder is not None and run_record(folder, data_date) is not None:
         return folder
-    folder = Path(output_dir, RUNS, name)
-    if run_record(folder, data_date) is None:
-        names = [run.name for run in runs_on(output_dir, data_date)]
+    which = "no run" if name is None else f"--run {name}: no run of that name"
+    # Trained on another data set? Say which: the data set's date is a flag too.
+    records = list(Path(output_dir).glob(f"{RUNS}/{name or '*'}/run_info_*.json"))
+    if name is None:
+        records += Path(output_dir).glob("run_info_*.json")
+    dates = sorted({path.stem.rsplit("_", 1)[1] for path in records})
+    if dates:
         raise UsageError(
-            f"--run {name}: no run of that name on the data of {data_date} in "
-            f"{Path(output_dir, RUNS)}; its runs are: {', '.join(names) or 'none'}"
+            f"{which} on the data of {data_date} in {output_dir}; it has runs on the data "
+            f"of {', '.join(dates)}: pass --data_date {dates[-1]} to use the latest of those"
         )
-    return folder
+    names = ", ".join(sorted(run.name for run in Path(output_dir, RUNS).glob("*")))
+    known = f" (its runs: {names})" if names else ""
+    raise UsageError(
+        f"{which} in {output_dir}{known}; train first, or pass the --output_dir it was trained in"
+    )
 
 
 def run_to_resume(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import ray_serve as engine
 from .args import PROJECT_DIR, UsageError, checked
-from .checkpoints import load_run_info, run_info_path, state_dict_path
+from .checkpoints import load_run_info, state_dict_path
 from .cli import parse_args as training_flags
 from .runs import find_run
 from .serving import MODEL_FILES, ServedSettings, add_trained_settings_flags, write_model_files
@@ -139,11 +139,6 @@ def main(argv=None):
                 saved = STATE_DICT_NAME.match(fetched.name)
                 epoch, run_folder, data_date = saved["epoch"], fetched.parent, saved["date"]
                 run_name = f"the MLflow run {args.mlflow_filter!r}"
-                if not run_info_path(run_folder, data_date).is_file():
-                    raise UsageError(
-                        f"{run_name} logged no {run_info_path(run_folder, data_date).name}; "
-                        "build from this project's own run (--run) instead"
-                    )
             else:
                 run_folder = find_run(args.output_dir, args.run, data_date)
                 run_name = f"run {run_folder.name}"

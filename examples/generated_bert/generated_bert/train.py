@@ -114,7 +114,7 @@ def train(
         train_rows,
         steps_per_epoch,
         run_logger(TrackingSettings.pick(vars(args)), tracked_run if world.is_logger else None),
-        run_settings(args),
+        RecordedSettings.pick(vars(args)).recorded(task.settings),
     )
     first_epoch, first_step, resumed_loss = resume_or_start(run)
     if world.is_ddp:
@@ -178,15 +178,24 @@ class LoopSettings(FlagValues):
     data_date: str
 
 
-def run_settings(args) -> dict:
-    """The flags a run's checkpoint records, for --resume to compare with its own:
-    "fixed", those that shape the model, the data and the schedule, which a run
-    cannot change; "optimizer", those its optimizer's saved state carries on with."""
-    fixed = {"data_date": args.data_date, "warmup_ratio": args.warmup_ratio}
-    return {
-        "fixed": {**fixed, **asdict(TaskSettings.pick(vars(args)))},
-        "optimizer": {name: getattr(args, name) for name in ("lr", "weight_decay", "betas", "eps")},
-    }
+@dataclass(frozen=True)
+class RecordedSettings(FlagValues):
+    """The flags a run's checkpoint records besides the task's, for --resume to
+    compare with its own (see ``recorded``)."""
+
+    data_date: str
+    warmup_ratio: float
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    eps: float
+
+    def recorded(self, task: TaskSettings) -> dict:
+        """"fixed": the flags that shape the model, the data and the schedule, which a
+        run cannot change; "optimizer": those its optimizer's saved state carries on with."""
+        optimizer = {name: getattr(self, name) for name in ("lr", "weight_decay", "betas", "eps")}
+        fixed = {"data_date": self.data_date, "warmup_ratio": self.warmup_ratio}
+        return {"fixed": {**fixed, **asdict(task)}, "optimizer": optimizer}
 
 
 @dataclass
@@ -261,7 +270,7 @@ class Learner:
 @dataclass
 class Run:
     """What every step of train() shares: the flags, this process's world, the task,
-    the learner, the tracker, the settings its checkpoint records (run_settings);
+    the learner, the tracker, the settings its checkpoint records (RecordedSettings);
     the run's folder once resume_or_start chose it, and the metrics so far."""
 
     flags: LoopSettings
