@@ -17,8 +17,8 @@ from generated_bert.cli import parse_args
 from generated_bert.launch import launch
 from generated_bert.runs import check_writable, run_to_resume
 from generated_bert.stopping import Stopped
-from generated_bert.tracking import TrackingSettings, open_run
 from generated_bert.task import TaskSettings
+from generated_bert.tracking import TrackingSettings, open_run
 from generated_bert.train import RecordedSettings, train
 from generated_bert.tune import (
     ClusterSettings,
