@@ -191,8 +191,9 @@ class RecordedSettings(FlagValues):
     eps: float
 
     def recorded(self, task: TaskSettings) -> dict:
-        """"fixed": the flags that shape the model, the data and the schedule, which a
-        run cannot change; "optimizer": those its optimizer's saved state carries on with."""
+        """The settings by kind: "fixed", the flags that shape the model, the data and
+        the schedule, which a run cannot change; "optimizer", those its optimizer's
+        saved state carries on with."""
         optimizer = {name: getattr(self, name) for name in ("lr", "weight_decay", "betas", "eps")}
         fixed = {"data_date": self.data_date, "warmup_ratio": self.warmup_ratio}
         return {"fixed": {**fixed, **asdict(task)}, "optimizer": optimizer}
