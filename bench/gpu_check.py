@@ -72,8 +72,7 @@ def outcome(result: subprocess.CompletedProcess) -> str:
 def fresh_data(project: Path, name: str) -> Path:
     """A copy of the project's prepared data, without any run's files."""
     dest = project / "runs-data" / name
-    shutil.copytree(project / "data", dest, ignore=shutil.ignore_patterns(
-        "checkpoint_*", "state_dict_*", "metrics_*", "run_info_*", "loss_curve_*"))
+    shutil.copytree(project / "data", dest, ignore=shutil.ignore_patterns("runs"))
     return dest
 
 
@@ -103,8 +102,7 @@ def kill_and_resume_row(project: Path, gpus: str, bs: int) -> dict:
     process = subprocess.Popen([sys.executable, "main.py", "--data_dir", str(killed),
                                 *map(str, args)], cwd=project, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    checkpoint = killed / f"checkpoint_{DATE}.pt"
-    while not checkpoint.exists() and process.poll() is None:
+    while not list(killed.glob(f"runs/*/checkpoint_{DATE}.pt")) and process.poll() is None:
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -112,8 +110,9 @@ def kill_and_resume_row(project: Path, gpus: str, bs: int) -> dict:
     resumed = checked([sys.executable, "main.py", "--data_dir", killed, *args, "--resume"],
                       project)
     seconds = time.perf_counter() - started
-    a = torch.load(whole / f"state_dict_e1_{DATE}.pt", weights_only=True)
-    b = torch.load(killed / f"state_dict_e1_{DATE}.pt", weights_only=True)
+    (a,) = whole.glob(f"runs/*/state_dict_e1_{DATE}.pt")
+    (b,) = killed.glob(f"runs/*/state_dict_e1_{DATE}.pt")
+    a, b = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
     difference = max((a[key].float() - b[key].float()).abs().max().item() for key in a)
     where = next((line for line in resumed.splitlines() if line.startswith("resuming")), "")
     return {"check": "kill -9, then --resume", "kind": "recs", "precision": "fp32",

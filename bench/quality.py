@@ -227,22 +227,22 @@ def load_project_split(data_dir: Path) -> tuple[dict, dict]:
 
 
 def weights_scores(data_dir: Path) -> np.ndarray | None:
-    """Every (user, item) score of the project's best-valid epoch, from its saved state dict
+    """Every (user, item) score of the latest run's best-valid epoch, from its saved state dict
     (the epoch marked * in its metrics CSV, else the lowest valid_loss): a cross-check of the
     metrics it prints. None where the files are not as expected."""
     import pandas as pd
     import torch
 
-    tables = sorted(data_dir.glob("metrics_*.csv"))
-    if len(tables) != 1:
+    tables = sorted(data_dir.glob("runs/*/metrics_*.csv"))  # the latest run's last
+    if not tables:
         return None
-    table = pd.read_csv(tables[0])
-    date = tables[0].stem.removeprefix("metrics_")
+    table = pd.read_csv(tables[-1])
+    date = tables[-1].stem.removeprefix("metrics_")
     if "best" in table and (table["best"] == "*").any():
         epoch = int(table.loc[table["best"] == "*", "epoch"].iloc[0])
     else:
         epoch = int(table.loc[table["valid_loss"].idxmin(), "epoch"])
-    path = data_dir / f"state_dict_e{epoch}_{date}.pt"
+    path = tables[-1].parent / f"state_dict_e{epoch}_{date}.pt"
     if not path.is_file():
         return None
     state = torch.load(path, weights_only=True, map_location="cpu")

@@ -295,7 +295,7 @@ def train_run(project: Path, data_dir: Path, procs: int = 1, flags=()) -> dict:
     whole = peak_memory(watched)
     result["run_peak_rss_mb"], result["run_peak_pss_mb"] = whole["peak_rss_mb"], whole["peak_pss_mb"]
     result["max_rss_mb"] = watched["max_rss"] / MB
-    checkpoints = sorted(data_dir.glob("checkpoint_*.pt"))
+    checkpoints = sorted(data_dir.glob("runs/*/checkpoint_*.pt"))
     if checkpoints:
         result["checkpoint_mb"] = checkpoints[-1].stat().st_size / MB
     return result

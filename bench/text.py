@@ -300,7 +300,7 @@ def generated(project: Path, package: str, data_dir: Path, model_dir: str, seed:
               "--data_dir", data_dir, *extra, cwd=project)
     wall = time.perf_counter() - start
     epoch_seconds = json.loads(out.strip().splitlines()[-1])["epoch_seconds"]
-    report = sorted(data_dir.glob("classification_report_*.txt"))[-1].read_text()
+    report = sorted(data_dir.glob("runs/*/classification_report_*.txt"))[-1].read_text()
     accuracy = float(re.search(r"^\s*accuracy\s+([\d.]+)", report, re.M).group(1))
     macro_f1 = float(re.search(r"^\s*macro avg\s+[\d.]+\s+[\d.]+\s+([\d.]+)", report, re.M)
                      .group(1))
