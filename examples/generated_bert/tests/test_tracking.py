@@ -11,6 +11,7 @@ from generated_bert.cli import parse_args
 from generated_bert.data import load_label_names, load_texts
 from generated_bert.data import main as prepare_data
 from generated_bert.hf import build_tiny_model
+from generated_bert.runs import latest_run
 from generated_bert.tracking import TrackingSettings, get_state_dict
 
 # MLflow is an extra (pip install -e '.[mlflow]'); without it these tests skip.
@@ -79,6 +80,8 @@ def test_get_state_dict_brings_back_the_trained_weights(args, tmp_path):
         "attributes.run_name = 'tracked'",
     )
     restored = torch.load(path, weights_only=True)
-    trained = load_state_dict(parsed.data_dir, 1, DATE)
+    trained = load_state_dict(latest_run(parsed.data_dir, DATE), 1, DATE)
     assert restored.keys() == trained.keys()
     assert all(torch.equal(restored[key], trained[key]) for key in trained)
+    # The run's record comes beside the weights: what serving rebuilds the model from.
+    assert (path.parent / f"run_info_{DATE}.json").is_file()
