@@ -158,6 +158,45 @@ def test_slow_steps_are_read_often_enough_to_notice_a_stop_in_time(project):
     python(project, "-c", code)
 
 
+def test_fp16_steps_never_read_the_scale_and_a_skipped_step_moves_the_schedule(project):
+    # Reading the scaler's scale (a host read) each step would make the CPU wait for
+    # the GPU every step. Inputs of 1e5 overflow fp16 in the first step, which is skipped.
+    code = """
+import torch
+from sturdy.train import Learner, build_optimizers, linear_schedule
+from sturdy.world import World
+
+def no_host_read(self):
+    raise AssertionError("the loop read the scale")
+torch.amp.GradScaler.get_scale = no_host_read
+
+class Task:  # the two calls Learner.step makes of a task
+    def compute_loss(self, model, batch):
+        return ((model(batch["x"]) - 1.0) ** 2).mean()
+    def num_rows(self, batch):
+        return len(batch["x"])
+
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+optimizers = build_optimizers(model, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+scheduler = linear_schedule(optimizers[0], 0, 10)
+scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+autocast = lambda: torch.autocast("cpu", dtype=torch.float16)
+learner = Learner(model, optimizers, [scheduler], scaler, autocast)
+world = World(0, 0, 1, torch.device("cpu"))
+batch = {"x": torch.randn(8, 4)}
+before = model.weight.detach().clone()
+totals = [torch.zeros(()), torch.zeros(())]
+learner.step([{"x": torch.full((8, 4), 1e5)}], Task(), world, 0.0, totals)
+assert torch.equal(model.weight, before), "the overflowed step was taken"
+assert scheduler.last_epoch == 1, "the schedule did not move"
+for _ in range(3):
+    learner.step([batch], Task(), world, 0.0, totals)
+assert not torch.equal(model.weight, before) and scheduler.last_epoch == 4
+"""
+    python(project, "-c", code)
+
+
 def test_compile_with_sparse_tables_is_one_line(project):
     result = python(project, "main.py", "--gpus", "0", "--compile", check=False)
     assert_one_line_error(result, "--compile: torch.compile cannot compile sparse embedding",
