@@ -48,7 +48,7 @@ def save_confusion_matrix(confusion, label_names: list[str], path: Path) -> Path
     return path
 
 
-def classification_summary(predictions, labels, label_names, data_dir, data_date):
+def classification_summary(predictions, labels, label_names, folder, data_date):
     """Print and save the report and the confusion matrix; return the report as
     flat metrics (accuracy, macro-F1, per-class F1 and recall, weighted averages)
     and the files. Warns when every prediction is one label."""
@@ -58,12 +58,12 @@ def classification_summary(predictions, labels, label_names, data_dir, data_date
     kwargs = {"labels": classes, "target_names": label_names, "zero_division": 0}
     text = classification_report(labels, predictions, digits=4, **kwargs)
     print(text)
-    report_file = data_file(data_dir, "classification_report", data_date, ".txt")
+    report_file = data_file(folder, "classification_report", data_date, ".txt")
     write_atomically(report_file, lambda tmp: Path(tmp).write_text(text))
     confusion_file = save_confusion_matrix(
         confusion_matrix(labels, predictions, labels=classes),
         label_names,
-        data_file(data_dir, "confusion", data_date, ".png"),
+        data_file(folder, "confusion", data_date, ".png"),
     )
 
     report = classification_report(labels, predictions, output_dict=True, **kwargs)

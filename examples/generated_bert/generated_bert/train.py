@@ -237,13 +237,14 @@ class Learner:
             for optimizer in self.optimizers:  # clip the true gradients, not the scaled ones
                 self.scaler.unscale_(optimizer)
             clip_grad_norm(self.model.parameters(), clip_grad)
-        scale = self.scaler.get_scale()
         for optimizer in self.optimizers:
             self.scaler.step(optimizer)  # skips the step if fp16 gradients overflowed,
-        self.scaler.update()  # and then lowers the scale,
-        if self.scaler.get_scale() >= scale:  # so the schedule moves only on real steps
-            for scheduler in self.schedulers:
-                scheduler.step()
+        self.scaler.update()  # and then lowers the scale.
+        # The schedule moves on every step, a skipped one too: telling them apart would
+        # make the CPU wait for the device every step. fp16 skips a few steps of a run,
+        # while the scaler finds its scale (nanoGPT and Lightning move on alike).
+        for scheduler in self.schedulers:
+            scheduler.step()
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         return step_loss
