@@ -182,6 +182,19 @@ def test_the_given_betas_hold_to_the_last_step(project, tmp_path):
     assert {tuple(group["betas"]) for group in groups} == {(0.5, 0.999)}
 
 
+def test_a_resume_with_another_max_length_is_one_line(project, tmp_path):
+    data_dir = prepared_data(project, tmp_path / "data")
+    train(project, "--data_dir", str(data_dir), "--epochs", "1", "--max_length", "64")
+    (run,) = (data_dir / "runs").iterdir()
+    result = python(project, "main.py", "--gpus", "0", "--bert_type", "models/tiny-bert",
+                    "--lr", "1e-3", "--data_dir", str(data_dir), "--epochs", "1",
+                    "--max_length", "32", "--resume", env=OFFLINE, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: --resume: {run} was trained with --max_length 64 (now 32); resume with its "
+        "values, or train without --resume to start a new run"]
+
+
 def test_a_checkpoint_saved_in_fp16_trains_with_fp32_weights(project, tmp_path):
     # transformers 5 keeps a checkpoint's dtype: half-precision weights would train in
     # half precision, and --precision fp16 with clipping would fail to unscale them.

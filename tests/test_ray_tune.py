@@ -57,6 +57,9 @@ def test_three_trials_finish_and_the_best_config_is_the_lowest_valid_loss(projec
     saved = yaml.safe_load(best_file.read_text())
     assert set(saved) == {"lr", "bs"}
     assert f"valid_loss {best_loss:.6g}" in best_file.read_text()
+    # The search keeps its own copy: the next search replaces only data/'s.
+    kept = newest_search(project) / f"best_config_{DATE}.yaml"
+    assert kept.read_text() == best_file.read_text()
 
     # The saved configuration trains like any other flags.
     result = python(project, "main.py", "--config", str(best_file), "--epochs", "1",

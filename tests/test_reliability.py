@@ -116,6 +116,24 @@ def test_resume_without_a_checkpoint(project, tmp_path):
     assert_one_line_error(result, "--resume: no run in ", exit_code=1)
 
 
+def test_a_resume_that_changes_the_model_is_one_line_and_one_that_changes_the_lr_a_notice(
+        project, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(project / "data", data)
+    train = ["main.py", "--data_dir", str(data), "--gpus", "0", "--epochs", "2"]
+    python(project, *train, "--embedding_dim", "16", "--lr", "0.01")
+    (run,) = (data / "runs").iterdir()
+    result = python(project, *train, "--embedding_dim", "32", "--resume", check=False)
+    assert_one_line_error(result, f"error: --resume: {run} was trained with --embedding_dim 16 "
+                          "(now 32); resume with its values, or train without --resume to start "
+                          "a new run", exit_code=1)
+    assert len(result.stderr.strip().splitlines()) == 1
+    resumed = python(project, *train, "--embedding_dim", "16", "--lr", "0.05", "--resume")
+    assert ("--resume: --lr 0.05 ignored: the run goes on with its own optimizer state and "
+            "schedule (--lr 0.01); train without --resume to start a run with them"
+            ) in resumed.stdout.splitlines()
+
+
 @pytest.mark.parametrize("where", ["proc", "under-a-file"])
 def test_an_output_folder_that_cannot_be_written(project, tmp_path, where):
     # Root may write anywhere but in /proc, and nobody can make a folder inside a file.
