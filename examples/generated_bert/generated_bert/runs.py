@@ -27,7 +27,7 @@ def run_record(folder: Path, data_date: str) -> dict | None:
     """The run record (run_info) in ``folder`` for the data of ``data_date``, or None."""
     try:
         return json.loads(run_info_path(folder, data_date).read_text())
-    except (OSError, ValueError):  # none, or cut short by a kill -9 before write_atomically
+    except (OSError, ValueError):  # none, or not JSON (a file put there by hand)
         return None
 
 

@@ -492,15 +492,19 @@ def run_search(
     )
     results = tuner.fit()
     ray.shutdown()
-    best_config = summarize(results, search.search_space, search.data_dir, search.data_date)
+    best_config = summarize(
+        results, search.search_space, search.data_dir, search.data_date, RESULTS_DIR / search_name
+    )
     if parent_run is not None:
         failed = {result.metrics.get("trial_id") for result in results if result.error}
         finish_search(tracking, parent_run, failed, best_config)
     return best_config
 
 
-def summarize(results, space: dict, data_dir: Path, data_date: str) -> Path:
-    """Print every trial's configuration and best valid_loss; save the best one."""
+def summarize(results, space: dict, data_dir: Path, data_date: str, search_dir: Path) -> Path:
+    """Print every trial's configuration and best valid_loss; save the best one into
+    ``data_dir`` (the latest search's, replaced by the next) and ``search_dir`` (kept
+    with the search's runs)."""
     import pandas as pd
 
     rows = []
@@ -524,10 +528,13 @@ def summarize(results, space: dict, data_dir: Path, data_date: str) -> Path:
     best = {key: finished.iloc[0][key] for key in space}
     best = {key: value.item() if hasattr(value, "item") else value for key, value in best.items()}
     path = data_file(data_dir, "best_config", data_date, ".yaml")
+    kept = data_file(search_dir, "best_config", data_date, ".yaml")
     text = (
-        f"# best of {len(table)} trials: valid_loss {finished.iloc[0]['best_valid_loss']:.6g}\n"
+        f"# best of {len(table)} trials of {search_dir.name}: valid_loss "
+        f"{finished.iloc[0]['best_valid_loss']:.6g}\n"
         f"# train with it: python main.py --config {path}\n" + yaml.safe_dump(best)
     )
-    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
-    print(f"best configuration: {best}\nsaved to {path}")
+    for copy in (kept, path):
+        write_atomically(copy, lambda tmp: Path(tmp).write_text(text))
+    print(f"best configuration: {best}\nsaved to {path} and {kept}")
     return path
