@@ -58,14 +58,23 @@ def save_run_info(folder: Path, data_date: str, info: dict) -> Path:
     return write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def run_record(folder: Path, data_date: str) -> dict | None:
+    """The run record (run_info) in ``folder`` for the data of ``data_date``, or None."""
+    try:
+        return json.loads(run_info_path(folder, data_date).read_text())
+    except (OSError, ValueError):  # none, or not JSON (a file put there by hand)
+        return None
+
+
 def load_run_info(folder: Path, data_date: str) -> dict:
-    path = run_info_path(folder, data_date)
-    if not path.is_file():
+    """The run record in ``folder``; one line of error where there is none."""
+    record = run_record(folder, data_date)
+    if record is None:
         raise UsageError(
-            f"no {path.name} in {folder}: no record of what these weights were trained "
-            "with; use a run this project trained (--run)"
+            f"no {run_info_path(folder, data_date).name} in {folder}: no record of what "
+            "these weights were trained with; use a run this project trained (--run)"
         )
-    return json.loads(path.read_text())
+    return record
 
 
 def checkpoint_path(folder: Path, data_date: str) -> Path:

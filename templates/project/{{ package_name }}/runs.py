@@ -12,23 +12,14 @@ folders wrote a run's files straight into data/: while no folder holds a run on
 that data set, those files are its latest run.
 """
 
-import json
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
 from .args import UsageError
-from .checkpoints import checkpoint_path, run_info_path
+from .checkpoints import checkpoint_path, run_record
 
 RUNS = "runs"
-
-
-def run_record(folder: Path, data_date: str) -> dict | None:
-    """The run record (run_info) in ``folder`` for the data of ``data_date``, or None."""
-    try:
-        return json.loads(run_info_path(folder, data_date).read_text())
-    except (OSError, ValueError):  # none, or not JSON (a file put there by hand)
-        return None
 
 
 def runs_on(output_dir: Path, data_date: str) -> list[Path]:
@@ -50,9 +41,14 @@ def latest_run(output_dir: Path, data_date: str) -> Path | None:
     return Path(output_dir) if run_record(output_dir, data_date) is not None else None
 
 
+def named_or_latest(output_dir: Path, name: str | None, data_date: str) -> Path | None:
+    """The folder run ``name`` has (or would have), or the latest run's (None: no run)."""
+    return latest_run(output_dir, data_date) if name is None else Path(output_dir, RUNS, name)
+
+
 def find_run(output_dir: Path, name: str | None, data_date: str) -> Path:
     """The folder of run ``name`` on the data of ``data_date``, or of the latest run."""
-    folder = latest_run(output_dir, data_date) if name is None else Path(output_dir, RUNS, name)
+    folder = named_or_latest(output_dir, name, data_date)
     if folder is not None and run_record(folder, data_date) is not None:
         return folder
     which = "no run" if name is None else f"--run {name}: no run of that name"
@@ -87,7 +83,7 @@ def run_to_resume(
             return find_run(output_dir, name, data_date), True
         except UsageError as error:
             raise UsageError(f"--resume: {error}") from None
-    folder = latest_run(output_dir, data_date) if name is None else Path(output_dir, RUNS, name)
+    folder = named_or_latest(output_dir, name, data_date)
     record = run_record(folder, data_date) if folder is not None else None
     if record is None or record.get("finished"):
         return None, False

@@ -37,6 +37,7 @@ from .checkpoints import (
     checkpoint_path,
     load_checkpoint,
     load_state_dict,
+    run_record,
     save_checkpoint,
     save_run_info,
     save_state_dict,
@@ -52,7 +53,7 @@ from .metrics import (
     save_loss_curve,
     save_metrics_table,
 )
-from .runs import new_run, run_record, run_to_resume
+from .runs import new_run, run_to_resume
 from .stopping import Stopped, received, stopped_at
 from .task import Task, TaskSettings
 from .tracking import TrackedRun, TrackingSettings, run_logger
