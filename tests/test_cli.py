@@ -30,7 +30,7 @@ def test_version_prints_the_package_version():
 def test_kinds_lists_every_kind_of_the_template():
     result = quikgen("kinds")
     assert result.exit_code == 0
-    assert [line.split()[0] for line in result.output.splitlines()] == ["recommender", "bert"]
+    assert [line.split()[0] for line in result.output.splitlines()] == ["recommender", "bert", "translation"]
 
 
 def test_new_renders_commits_and_prints_next_commands(recommender):
@@ -128,6 +128,7 @@ def test_new_on_a_terminal_asks_the_kind_listing_each(tmp_path):
         if question == "What the project trains":
             child.expect("recommender: matrix factorisation")
             child.expect("bert: fine-tune a BERT-family text classifier")
+            child.expect("translation: fine-tune a sequence-to-sequence translator")
             child.send("\x1b[B")  # down: the second kind
         child.send("\r")
     assert child.match.group(1) == "bert"
@@ -226,7 +227,7 @@ def test_a_changed_template_gets_a_new_tag_and_an_unchanged_one_reuses_it(tmp_pa
         (["--data", "use_serve=maybe"], "answer use_serve=true or use_serve=false"),
         (["--data", "tracker=neptune"], "tracker is one of none, mlflow, tensorboard, wandb"),
         (["--data", "use_mlflow=true"], "the template now asks this as tracker; write --data tracker=mlflow"),
-        (["--kind", "gan"], "unknown kind 'gan'; choose one of: recommender, bert"),
+        (["--kind", "gan"], "unknown kind 'gan'; choose one of: recommender, bert, translation"),
     ],
 )
 def test_bad_answers_are_refused_and_write_nothing(tmp_path, args, message):

@@ -27,6 +27,8 @@ PREVIOUS_COMMIT = "7660999f43f9a8eaff8196fafd1c12bafdfcb2be"
 # The last release whose projects answered use_mlflow, before the tracker question.
 RELEASE_0_2_0 = "5016cacc457ba03b70b08ee1a47a03119cb2e6e8"
 RELEASE_0_3_1 = "bea89a6e605b61a6471a2dd8881a483d1ea60be7"
+# The last release before the translation kind.
+RELEASE_0_6_0 = "254e3b8369fcadbfd500a4050ca6eec0365e3692"
 USER_LINE = "# our team's note\n"
 
 
@@ -164,7 +166,7 @@ def test_a_project_from_the_previous_release_updates_across_the_layout_change(tm
 
     result = quikgen("update", str(project))
     assert result.exit_code == 0, result.output
-    assert answers(project)["_commit"] == f"v{__version__}" == "v0.6.0"
+    assert answers(project)["_commit"] == f"v{__version__}" == "v0.7.0"
     assert (project / "main.py").read_text().endswith(USER_LINE)
     assert git(project, "diff", "--name-only", "--diff-filter=U") == ""
     marked = run("git", "grep", "--untracked", "-l", "-e", "^<<<<<<< ", "-e", "^>>>>>>> ",
@@ -278,3 +280,25 @@ def test_a_0_3_1_project_keeps_its_edits_across_the_step_and_serving_split(tmp_p
     built = python(project, "-m", "served.serve", "build").stdout
     assert f"served.mar: epoch 0 of run {new_run.name} on " in built
     assert (project / "serve" / "build" / "model.pt2").is_file()
+
+
+@pytest.mark.parametrize("kind", ["recommender", "bert"])
+def test_a_0_6_0_project_updates_across_the_translation_kind_with_no_change(tmp_path, monkeypatch,
+                                                                           kind):
+    """A kind is added by adding files: a project of another kind, with every feature,
+    takes the update that brings the translation kind as its version number only."""
+    monkeypatch.setenv("QUIKGEN_HOME", str(tmp_path / "home"))
+    src, tag = publish("0.6.0", previous_release(tmp_path / "quikgen-0.6.0", RELEASE_0_6_0))
+    project = tmp_path / "everything"
+    copier.run_copy(str(src), project, vcs_ref=tag, defaults=True, quiet=True, data={
+        "project_name": "everything", "kind": kind, "tracker": "mlflow", "use_ray_tune": True,
+        "use_serve": True, "serve_engine": "ray"})
+    git(project, "init", "-q", "-b", "main")
+    commit_all(project, "generated with quikgen 0.6.0")
+
+    result = quikgen("update", str(project))
+    assert result.exit_code == 0, result.output
+    assert answers(project)["_commit"] == f"v{__version__}"
+    changed = git(project, "status", "--porcelain", "--untracked-files=all").splitlines()
+    assert changed == [" M .copier-answers.yml"]
+    assert git(project, "diff", "--numstat").split()[:2] == ["1", "1"]  # the _commit line

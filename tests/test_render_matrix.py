@@ -38,6 +38,12 @@ VALID = [
                          "use_serve": True}, True),
     ("recommender-everything", {"kind": "recommender", "tracker": "mlflow", "use_ray_tune": True,
                                 "use_serve": True}, False),
+    ("translation", {"kind": "translation"}, True),
+    ("translation-wandb", {"kind": "translation", "tracker": "wandb"}, False),
+    ("translation-everything", {"kind": "translation", "tracker": "mlflow", "use_ray_tune": True,
+                                "use_serve": True}, True),
+    ("translation-ray-serve-tensorboard", {"kind": "translation", "use_serve": True,
+                                           "serve_engine": "ray", "tracker": "tensorboard"}, False),
     ("recommender-free-text", {
         "kind": "recommender", "author": 'Ann "The Quoter" O\'Neil\\',
         "description": f"Ratings {USER_JINJA} & <stuff> ''' \"\"\" and\na newline"}, False),
