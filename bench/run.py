@@ -12,6 +12,11 @@ set of the panel (recommended, star rating, department, and a small balanced set
 epochs, 3 seeds (1 epoch and 1 seed with --quick), and measures the label mix of the
 generated project's length-grouped batches against random ones; see text.py's ``panel``.
 
+``--only translation`` (not part of the default run: minutes per run) trains the same tiny
+MarianMT from scratch on English-French number phrases (``num2words``, made offline) with the
+generated translation project and with HF's Seq2SeqTrainer, 3 seeds (1 with --quick): test
+BLEU, chrF and epoch time per side; see translation.py.
+
 ``--only scale`` (not part of the default run: full, it trains on up to 25 million synthetic
 ratings, for up to hours here; --quick, on up to 1 million, for minutes) measures the recommender's
 steps/s and peak memory against catalogue size and rows, its data step, ``--procs 2``, and
@@ -187,6 +192,23 @@ def bert_panel_bench(work: Path, size: dict, report: dict) -> None:
     report["bert_panel"] = result
 
 
+def translation_bench(work: Path, size: dict, report: dict) -> None:
+    """A tiny MarianMT from scratch on number phrases, against HF's Seq2SeqTrainer: test
+    BLEU and chrF, and the epoch-time ratio."""
+    from translation import compare, numbers_csv, table, tiny_model
+
+    project = render(work / "translationbench", kind="translation")
+    csv_file = numbers_csv()
+    model_dir = tiny_model(project, "translationbench", csv_file)
+    seeds = [0] if size is SIZES["quick"] else [0, 1, 2]
+    summary = compare(project, "translationbench", csv_file, model_dir, seeds,
+                      log=lambda line: print(line, file=sys.stderr))
+    print(table(summary), file=sys.stderr)
+    report["translation"] = summary
+    report["translation_vs_hf_trainer"] = summary["hf_trainer_over_generated_epoch_s"]
+    report["translation_bleu_minus_hf"] = summary["bleu_minus_hf_trainer"]
+
+
 SCORE_CODE = """
 import json, sys, time; sys.path.insert(0, '.')
 from servebench.api import batch_inference
@@ -272,7 +294,7 @@ def main():
     parser.add_argument("--json", type=Path, help="write the ratios to this file")
     parser.add_argument("--only", choices=["recommender", "bert", "bert_minilm", "bert_panel",
                                            "inference", "generator", "quality", "save_every",
-                                           "scale"],
+                                           "scale", "translation"],
                         action="append", help="run only these parts (repeatable)")
     args = parser.parse_args()
     size = SIZES["quick" if args.quick else "full"]
@@ -290,7 +312,8 @@ def main():
              "generator": lambda: generator_bench(work, report),
              "quality": lambda: quality_bench(work, report),
              "save_every": lambda: save_every_bench(work, size, report),
-             "scale": lambda: scale_bench(work, report, args.quick)}[part]()
+             "scale": lambda: scale_bench(work, report, args.quick),
+             "translation": lambda: translation_bench(work, size, report)}[part]()
             print(f"{part}: done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -301,7 +324,8 @@ def main():
                 "bert_vs_hf_trainer_synthetic", "bert_vs_maxpad", "bert_minilm_vs_hf_trainer",
                 "bert_minilm_vs_hf_trainer_grouped", "bert_minilm_accuracy_minus_hf",
                 "bert_minilm_macro_f1_minus_hf", "inference_vs_single", "quality",
-                "save_every_overhead", "save_every_seconds", "scale", "bert_panel"]
+                "save_every_overhead", "save_every_seconds", "scale", "bert_panel",
+                "translation_vs_hf_trainer", "translation_bleu_minus_hf", "translation"]
         args.json.write_text(json.dumps({key: report[key] for key in keys if key in report},
                                         indent=2) + "\n")
 

@@ -1,0 +1,349 @@
+"""Translation comparison: the generated project vs Hugging Face's Seq2SeqTrainer on the same rows.
+
+    python bench/run.py --only translation [--quick]     # seeds 0 1 2 (0 with --quick)
+    python bench/translation.py compare --seeds 0 1 2 --json translation.json
+    python bench/translation.py compare --scale_embedding    # from a copy: see below
+    python bench/translation.py compare --pairs 600 --epochs 1 --seeds 0   # a smoke test
+
+Data: English number phrases and their French, from ``num2words``: ``--pairs`` distinct
+integers drawn (seeded) from 0 to 999,999, one row each (``numbers_csv``), written once to
+~/.cache/quikgen-bench, outside the repository. No network. Every number is one row, so the
+project's random split puts it in exactly one of train, valid and test: the test numbers are
+never seen in training (their words are, in other numbers).
+
+Model: the project's tiny random MarianMT (``python -m PKG.hf --tiny-model DIR``, its tokenizer
+trained on a split of the same CSV), made once; both sides start from that folder, so from the
+same random weights. ``--scale_embedding`` starts both from a copy whose config scales the
+token embeddings as opus-mt models do (``scaled_embeddings``): without it, whether and when a
+run starts to use the English at all varies from run to run.
+
+Per seed S, the generated project splits the CSV with ``python -m PKG.data --csv FILE --seed S``
+and trains with ``python main.py --gpus 0 --model DIR --epochs E --seed S`` plus SETTINGS
+(``--lr 1e-3 --bs 32``, 20 epochs; main.py flags after ``--`` replace SETTINGS). HF's
+Seq2SeqTrainer then trains the same model on the same train rows (read back from the
+project's data/{train,valid,test}_text_{date}.csv) with the values the project's own parser
+holds for that command line: learning rate, batch size, epochs, warm-up ratio, linear decay,
+weight decay, Adam's betas and epsilon, gradient clipping, label smoothing, --max_length
+truncation and seed; DataCollatorForSeq2Seq, random batches, no checkpoints. Like the
+generated loop, it scores the validation rows' loss after each epoch (teacher-forced, in
+batches of the same size, no generation). Both sides then translate the test rows with the
+same beams and --max_new_tokens (HF: predict_with_generate), decode them with
+skip_special_tokens, and score them with sacrebleu's corpus BLEU and chrF against the CSV's
+reference strings. What still differs: the generated project groups its batches by length,
+keeps MarianMT's sinusoidal position tables fixed (HF trains them), and tests its best epoch
+by validation loss (HF its last).
+
+Epoch time: train + validation seconds per epoch, test translation excluded. The generated
+side's come from its own EpochTimer, caught at full precision (text.py's ``timed_main``); HF's
+are the seconds of ``trainer.train()`` over the epochs, as text.py times HF's Trainer. Times
+only compare side by side, within one invocation.
+"""
+
+import argparse
+import csv
+import itertools
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from text import CACHE, project_defaults, run, split_data
+
+# A random tiny MarianMT needs more than the project's 5e-5. At 1e-3, batches of 32 and 20
+# epochs of 4,000 pairs (about 3 seconds an epoch on 2 CPU cores), both sides reach BLEU near
+# 100 from the scaled-embedding copy (scaled_embeddings).
+SETTINGS = ["--lr", "1e-3", "--bs", "32"]
+EPOCHS = 20
+PAIRS = 5_000
+# HF's batches: random (its default), or grouped by length as the generated project's are
+# (``--sides ... hf_trainer_grouped``; not by default: these number phrases are all about as
+# long, so grouping saves no time, and on this data it learns less, on both sides).
+STRATEGIES = {"hf_trainer": "random", "hf_trainer_grouped": "group_by_length"}
+SIDES = ("generated", "hf_trainer")
+
+
+def numbers_csv(pairs: int = PAIRS, seed: int = 0, high: int = 999_999,
+                cache: Path = CACHE) -> Path:
+    """``pairs`` distinct integers from 0 to ``high``, drawn with ``seed``, as a source,target
+    CSV of their English and French words (``num2words``); written once."""
+    out = cache / f"numbers_en_fr_{pairs}_{seed}.csv"
+    if out.is_file():
+        return out
+    from num2words import num2words
+
+    numbers = random.Random(seed).sample(range(high + 1), pairs)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["source", "target"])
+        writer.writerows((num2words(n, lang="en"), num2words(n, lang="fr")) for n in numbers)
+    tmp.rename(out)
+    return out
+
+
+def read_split(data_dir: Path, name: str) -> tuple[list[str], list[str]]:
+    [path] = sorted(Path(data_dir).glob(f"{name}_text_*.csv"))[-1:]
+    with path.open(newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    return [row["source"] for row in rows], [row["target"] for row in rows]
+
+
+def scores(hypotheses: list[str], references: list[str]) -> dict:
+    import sacrebleu
+
+    return {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+            "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score}
+
+
+def hf_trainer(data_dir: Path, model_dir: str, seed: int, epochs: int, settings: dict,
+               strategy: str = "random") -> dict:
+    """HF's Seq2SeqTrainer on the project's split: test BLEU and chrF, train + validation
+    seconds. ``settings``: bs, lr, warmup_ratio, weight_decay, betas, eps, clip_grad,
+    label_smoothing, max_length, num_beams, max_new_tokens (the project's values)."""
+    import numpy as np
+    import torch
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        logging,
+        set_seed,
+    )
+
+    logging.set_verbosity_error()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def dataset(name):
+        sources, targets = read_split(data_dir, name)
+        encoded = tokenizer(sources, text_target=targets, truncation=True,
+                            max_length=settings["max_length"])
+        return [{"input_ids": ids, "attention_mask": mask, "labels": labels} for ids, mask, labels
+                in zip(encoded["input_ids"], encoded["attention_mask"], encoded["labels"],
+                       strict=True)], targets
+
+    (train, _), (valid, _), (test, references) = map(dataset, ("train", "valid", "test"))
+    set_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Seq2SeqTrainer(
+            model=model,
+            args=Seq2SeqTrainingArguments(
+                output_dir=out, learning_rate=settings["lr"],
+                per_device_train_batch_size=settings["bs"],
+                per_device_eval_batch_size=settings["bs"], num_train_epochs=epochs, seed=seed,
+                lr_scheduler_type="linear", warmup_steps=settings["warmup_ratio"],
+                weight_decay=settings["weight_decay"], adam_beta1=settings["betas"][0],
+                adam_beta2=settings["betas"][1], adam_epsilon=settings["eps"],
+                max_grad_norm=settings["clip_grad"],
+                label_smoothing_factor=settings["label_smoothing"],
+                eval_strategy="epoch", prediction_loss_only=True, save_strategy="no",
+                logging_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+                train_sampling_strategy=strategy, disable_tqdm=True, predict_with_generate=True,
+                generation_num_beams=settings["num_beams"]),
+            train_dataset=train, eval_dataset=valid, processing_class=tokenizer,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, model=model))
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        # Validation during training scored the loss only; the test rows are translated, in
+        # their order (transformers 5 groups evaluation batches by length too, where
+        # training's are: its predictions would no longer line up with the references).
+        trainer.args.prediction_loss_only = False
+        trainer.args.train_sampling_strategy = "random"
+        start = time.perf_counter()
+        predictions = trainer.predict(test, max_new_tokens=settings["max_new_tokens"],
+                                      num_beams=settings["num_beams"]).predictions
+        test_seconds = time.perf_counter() - start
+    predictions = np.where(predictions < 0, tokenizer.pad_token_id, predictions)
+    # Decoded as the generated project decodes its translations.
+    hypotheses = [text.strip() for text in tokenizer.batch_decode(predictions,
+                                                                  skip_special_tokens=True)]
+    return {"seconds": seconds, "epochs_run": epochs, "test_s": test_seconds,
+            **scores(hypotheses, references), "examples": hypotheses[:3]}
+
+
+def generated(project: Path, package: str, data_dir: Path, model_dir: str, seed: int,
+              epochs: int, extra: list[str] = ()) -> dict:
+    """``python main.py``: test BLEU and chrF from its metrics table, and the train +
+    validation seconds of its epochs (saving and testing excluded)."""
+    start = time.perf_counter()
+    out = run(sys.executable, Path(__file__).with_name("text.py"), "generated", package,
+              "--gpus", "0", "--model", model_dir, "--epochs", epochs, "--seed", seed,
+              "--data_dir", data_dir, *extra, cwd=project)
+    wall = time.perf_counter() - start
+    epoch_seconds = json.loads(out.strip().splitlines()[-1])["epoch_seconds"]
+    [metrics] = sorted(Path(data_dir).glob("runs/*/metrics_*.csv"))[-1:]
+    with metrics.open(newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    test = next(row for row in rows if row.get("test_bleu"))
+    [sample] = sorted(metrics.parent.glob("translations_*.csv"))[-1:]
+    with sample.open(newline="", encoding="utf-8") as file:
+        examples = [row["translation"] for row in itertools.islice(csv.DictReader(file), 3)]
+    return {"seconds": sum(epoch_seconds), "epochs_run": len(epoch_seconds), "wall_s": wall,
+            "bleu": float(test["test_bleu"]), "chrf": float(test["test_chrf"]),
+            "examples": examples}
+
+
+def hf_settings(defaults) -> dict:
+    """What HF's side needs from the project's parsed flags."""
+    return {"bs": defaults.bs, "lr": defaults.lr, "warmup_ratio": defaults.warmup_ratio,
+            "weight_decay": defaults.weight_decay, "betas": list(defaults.betas),
+            "eps": defaults.eps, "clip_grad": defaults.clip_grad,
+            "label_smoothing": defaults.label_smoothing, "max_length": defaults.max_length,
+            "num_beams": defaults.num_beams, "max_new_tokens": defaults.max_new_tokens}
+
+
+def tiny_model(project: Path, package: str, csv_file: Path, out: Path | None = None) -> str:
+    """The project's tiny random MarianMT, its tokenizer trained on a split of these pairs;
+    made once."""
+    model_dir = out or project / "models" / f"tiny-marian-{Path(csv_file).stem}"
+    if not Path(model_dir).is_dir():
+        seed_dir = project / "data" / f"tiny-tokenizer-{Path(csv_file).stem}"
+        run(sys.executable, "-m", f"{package}.data", "--csv", csv_file, "--data_dir", seed_dir,
+            cwd=project)
+        run(sys.executable, "-m", f"{package}.hf", "--tiny-model", model_dir,
+            "--data_dir", seed_dir, cwd=project)
+    return str(model_dir)
+
+
+def scaled_embeddings(model_dir: str) -> str:
+    """A copy of ``model_dir`` (beside it, made once) whose config multiplies the token
+    embeddings by sqrt(d_model) (``scale_embedding``, as every opus-mt MarianMT has). Left
+    out, a random MarianMT's token embeddings (std 0.02) start 30 times smaller than its
+    sinusoidal positions, and the model learns French that ignores the English for epochs."""
+    out = Path(f"{model_dir}-scaled")
+    if not out.is_dir():
+        tmp = Path(f"{model_dir}-scaled.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(model_dir, tmp)
+        config = json.loads((tmp / "config.json").read_text())
+        config["scale_embedding"] = True
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        tmp.rename(out)
+    return str(out)
+
+
+def compare(project: Path, package: str, csv_file: Path, model_dir: str, seeds: list[int],
+            epochs: int = EPOCHS, sides=SIDES, extra: list[str] = SETTINGS, log=print) -> dict:
+    """Every side on every seed's split; per side the runs and their means, and each HF
+    side's epoch time over the generated one's (of the means)."""
+    settings = hf_settings(project_defaults(project, package, ["--model", model_dir, *extra]))
+    runs = {side: [] for side in sides}
+    for seed in seeds:
+        data_dir = split_data(project, package, csv_file, seed)
+        for side in sides:
+            if side == "generated":
+                result = generated(project, package, data_dir, model_dir, seed, epochs, extra)
+            else:
+                out = run(sys.executable, __file__, "hf", "--data_dir", data_dir,
+                          "--model", model_dir, "--seed", seed, "--epochs", epochs,
+                          "--settings", json.dumps(settings), "--strategy", STRATEGIES[side],
+                          cwd=project)
+                result = json.loads(out.strip().splitlines()[-1])
+            result["epoch_s"] = result["seconds"] / result["epochs_run"]
+            runs[side].append(result)
+            log(f"seed {seed} {side}: " + ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    summary = {"settings": settings, "extra": list(extra), "epochs": epochs, "seeds": list(seeds),
+               "pairs_csv": str(csv_file), "model_dir": model_dir}
+    for side, results in runs.items():
+        summary[side] = {key: statistics.mean(r[key] for r in results)
+                         for key in ("bleu", "chrf", "epoch_s")}
+        summary[side]["runs"] = results
+    for side in [side for side in runs if side != "generated" and "generated" in runs]:
+        summary[f"{side}_over_generated_epoch_s"] = (summary[side]["epoch_s"]
+                                                     / summary["generated"]["epoch_s"])
+        summary[f"bleu_minus_{side}"] = summary["generated"]["bleu"] - summary[side]["bleu"]
+    return summary
+
+
+def table(summary: dict) -> str:
+    """A markdown table: per seed and the means, each side's test BLEU, chrF and epoch
+    seconds, and each HF side's epoch seconds over the generated project's."""
+    names = {"generated": "generated", "hf_trainer": "HF Seq2SeqTrainer",
+             "hf_trainer_grouped": "HF, group_by_length"}
+    sides = [side for side in names if side in summary]
+    lines = ["| seed | side | test BLEU | test chrF | epoch s | HF epoch s / generated |",
+             "|---|---|---|---|---|---|"]
+    for index, seed in [*enumerate(summary["seeds"]), (None, "mean")]:
+        results = {side: summary[side] if index is None else summary[side]["runs"][index]
+                   for side in sides}
+        for side, result in results.items():
+            ratio = ("" if side == "generated" or "generated" not in results
+                     else f"{result['epoch_s'] / results['generated']['epoch_s']:.2f}")
+            lines.append(f"| {seed} | {names[side]} | {result['bleu']:.2f} | {result['chrf']:.2f} "
+                         f"| {result['epoch_s']:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    hf = commands.add_parser("hf", help="one Seq2SeqTrainer run on a prepared split (prints JSON)")
+    hf.add_argument("--data_dir", type=Path, required=True)
+    hf.add_argument("--model", required=True)
+    hf.add_argument("--seed", type=int, default=0)
+    hf.add_argument("--epochs", type=int, default=1)
+    hf.add_argument("--settings", type=json.loads, required=True,
+                    help="JSON: the project's values (see hf_settings)")
+    hf.add_argument("--strategy", default="random", choices=sorted(set(STRATEGIES.values())))
+    cmp = commands.add_parser("compare", help="generated project vs Seq2SeqTrainer, per seed")
+    cmp.add_argument("--pairs", type=int, default=PAIRS,
+                     help="number pairs in the data (default: %(default)s)")
+    cmp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    cmp.add_argument("--epochs", type=int, default=EPOCHS)
+    cmp.add_argument("--sides", nargs="+", choices=["generated", *STRATEGIES],
+                     default=list(SIDES), help="who trains (default: %(default)s)")
+    cmp.add_argument("--project", type=Path, help="an already rendered translation project")
+    cmp.add_argument("--model", help="a model folder to start from (default: the project's "
+                     "tiny MarianMT, made once in the project)")
+    cmp.add_argument("--scale_embedding", action="store_true",
+                     help="start both sides from a copy of the model with scale_embedding "
+                     "set in its config (see scaled_embeddings)")
+    cmp.add_argument("--json", type=Path, help="write the summary here")
+    cmp.add_argument("extra", nargs="*", help=f"main.py flags, after -- (default: "
+                     f"{' '.join(SETTINGS)})")
+    args = parser.parse_args()
+
+    if args.command == "hf":
+        print(json.dumps(hf_trainer(args.data_dir, args.model, args.seed, args.epochs,
+                                    args.settings, args.strategy)))
+        return
+    work = None
+    project = args.project
+    if project is None:
+        import copier
+
+        work = Path(tempfile.mkdtemp(prefix="quikgen-translation-"))
+        project = work / "translationbench"
+        copier.run_copy(str(Path(__file__).resolve().parent.parent), project, vcs_ref="HEAD",
+                        data={"project_name": "translationbench", "kind": "translation"},
+                        defaults=True, quiet=True)
+    try:
+        package = next(p.parent.name for p in project.glob("*/data.py"))
+        csv_file = numbers_csv(args.pairs)
+        model_dir = args.model or tiny_model(project, package, csv_file)
+        if args.scale_embedding:
+            model_dir = scaled_embeddings(model_dir)
+        summary = compare(project, package, csv_file, model_dir, args.seeds, args.epochs,
+                          args.sides, args.extra or SETTINGS,
+                          log=lambda m: print(m, file=sys.stderr))
+    finally:
+        if work:
+            shutil.rmtree(work, ignore_errors=True)
+    print(table(summary), file=sys.stderr)
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
