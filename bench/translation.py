@@ -113,9 +113,23 @@ def hf_trainer(data_dir: Path, model_dir: str, seed: int, epochs: int, settings:
         DataCollatorForSeq2Seq,
         Seq2SeqTrainer,
         Seq2SeqTrainingArguments,
+        TrainerCallback,
         logging,
         set_seed,
     )
+
+    marks = []
+
+    class EpochClock(TrainerCallback):
+        """When each epoch starts, and when training ends: an epoch's seconds run to the
+        next one's start, so they include the validation after it, as the generated
+        project's EpochTimer does."""
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            marks.append(time.perf_counter())
+
+        def on_train_end(self, args, state, control, **kwargs):
+            marks.append(time.perf_counter())
 
     logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -148,7 +162,7 @@ def hf_trainer(data_dir: Path, model_dir: str, seed: int, epochs: int, settings:
                 train_sampling_strategy=strategy, disable_tqdm=True, predict_with_generate=True,
                 generation_num_beams=settings["num_beams"]),
             train_dataset=train, eval_dataset=valid, processing_class=tokenizer,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, model=model))
+            data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=[EpochClock()])
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -166,6 +180,7 @@ def hf_trainer(data_dir: Path, model_dir: str, seed: int, epochs: int, settings:
     hypotheses = [text.strip() for text in tokenizer.batch_decode(predictions,
                                                                   skip_special_tokens=True)]
     return {"seconds": seconds, "epochs_run": epochs, "test_s": test_seconds,
+            "epoch_seconds": [end - start for start, end in itertools.pairwise(marks)],
             **scores(hypotheses, references), "examples": hypotheses[:3]}
 
 
@@ -187,6 +202,7 @@ def generated(project: Path, package: str, data_dir: Path, model_dir: str, seed:
     with sample.open(newline="", encoding="utf-8") as file:
         examples = [row["translation"] for row in itertools.islice(csv.DictReader(file), 3)]
     return {"seconds": sum(epoch_seconds), "epochs_run": len(epoch_seconds), "wall_s": wall,
+            "epoch_seconds": epoch_seconds,
             "bleu": float(test["test_bleu"]), "chrf": float(test["test_chrf"]),
             "examples": examples}
 
@@ -248,18 +264,22 @@ def compare(project: Path, package: str, csv_file: Path, model_dir: str, seeds: 
                           cwd=project)
                 result = json.loads(out.strip().splitlines()[-1])
             result["epoch_s"] = result["seconds"] / result["epochs_run"]
+            # Robust to a few epochs slowed by something else on the machine.
+            result["median_epoch_s"] = statistics.median(result["epoch_seconds"])
             runs[side].append(result)
             log(f"seed {seed} {side}: " + ", ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()
+                if k != "epoch_seconds"))
     summary = {"settings": settings, "extra": list(extra), "epochs": epochs, "seeds": list(seeds),
                "pairs_csv": str(csv_file), "model_dir": model_dir}
     for side, results in runs.items():
         summary[side] = {key: statistics.mean(r[key] for r in results)
-                         for key in ("bleu", "chrf", "epoch_s")}
+                         for key in ("bleu", "chrf", "epoch_s", "median_epoch_s")}
         summary[side]["runs"] = results
     for side in [side for side in runs if side != "generated" and "generated" in runs]:
-        summary[f"{side}_over_generated_epoch_s"] = (summary[side]["epoch_s"]
-                                                     / summary["generated"]["epoch_s"])
+        for key in ("epoch_s", "median_epoch_s"):
+            summary[f"{side}_over_generated_{key}"] = (summary[side][key]
+                                                       / summary["generated"][key])
         summary[f"bleu_minus_{side}"] = summary["generated"]["bleu"] - summary[side]["bleu"]
     return summary
 
