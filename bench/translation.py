@@ -2,7 +2,7 @@
 
     python bench/run.py --only translation [--quick]     # seeds 0 1 2 (0 with --quick)
     python bench/translation.py compare --seeds 0 1 2 --json translation.json
-    python bench/translation.py compare --scale_embedding    # from a copy: see below
+    python bench/translation.py compare --seeds 0 -- --lr 1e-3 --bs 32 --group_by_length
     python bench/translation.py compare --pairs 600 --epochs 1 --seeds 0   # a smoke test
 
 Data: English number phrases and their French, from ``num2words``: ``--pairs`` distinct
@@ -13,9 +13,7 @@ never seen in training (their words are, in other numbers).
 
 Model: the project's tiny random MarianMT (``python -m PKG.hf --tiny-model DIR``, its tokenizer
 trained on a split of the same CSV), made once; both sides start from that folder, so from the
-same random weights. ``--scale_embedding`` starts both from a copy whose config scales the
-token embeddings as opus-mt models do (``scaled_embeddings``): without it, whether and when a
-run starts to use the English at all varies from run to run.
+same random weights.
 
 Per seed S, the generated project splits the CSV with ``python -m PKG.data --csv FILE --seed S``
 and trains with ``python main.py --gpus 0 --model DIR --epochs E --seed S`` plus SETTINGS
@@ -24,19 +22,22 @@ Seq2SeqTrainer then trains the same model on the same train rows (read back from
 project's data/{train,valid,test}_text_{date}.csv) with the values the project's own parser
 holds for that command line: learning rate, batch size, epochs, warm-up ratio, linear decay,
 weight decay, Adam's betas and epsilon, gradient clipping, label smoothing, --max_length
-truncation and seed; DataCollatorForSeq2Seq, random batches, no checkpoints. Like the
-generated loop, it scores the validation rows' loss after each epoch (teacher-forced, in
-batches of the same size, no generation). Both sides then translate the test rows with the
-same beams and --max_new_tokens (HF: predict_with_generate), decode them with
-skip_special_tokens, and score them with sacrebleu's corpus BLEU and chrF against the CSV's
-reference strings. What still differs: the generated project groups its batches by length,
-keeps MarianMT's sinusoidal position tables fixed (HF trains them), and tests its best epoch
-by validation loss (HF its last).
+truncation, random batches or --group_by_length, and seed; DataCollatorForSeq2Seq, no
+checkpoints. Like the generated loop, it scores the validation rows' loss after each epoch
+(teacher-forced, in batches of the same size, no generation). Both sides then translate the
+test rows with the same beams and --max_new_tokens (HF: predict_with_generate), decode them
+with skip_special_tokens, and score them with sacrebleu's corpus BLEU and chrF against the
+CSV's reference strings. What still differs: the generated project tests its best epoch by
+validation loss, HF its last (with no checkpoints there is no best to go back to); a step's
+loss weighs each pair's tokens over the split's mean target length, HF's over the batch's
+tokens.
 
-Epoch time: train + validation seconds per epoch, test translation excluded. The generated
-side's come from its own EpochTimer, caught at full precision (text.py's ``timed_main``); HF's
-are the seconds of ``trainer.train()`` over the epochs, as text.py times HF's Trainer. Times
-only compare side by side, within one invocation.
+Epoch time: train + validation seconds per epoch, test translation excluded: the mean over
+the epochs (as text.py times HF's Trainer), and the median (robust to a few epochs slowed by
+something else on the machine). The generated side's epochs come from its own EpochTimer,
+caught at full precision (text.py's ``timed_main``); HF's from a callback, each epoch running
+to the next one's start, so with the validation after it. Times only compare side by side,
+within one invocation.
 """
 
 import argparse
@@ -55,14 +56,10 @@ from text import CACHE, project_defaults, run, split_data
 
 # A random tiny MarianMT needs more than the project's 5e-5. At 1e-3, batches of 32 and 20
 # epochs of 4,000 pairs (about 3 seconds an epoch on 2 CPU cores), both sides reach BLEU near
-# 100 from the scaled-embedding copy (scaled_embeddings).
+# 100.
 SETTINGS = ["--lr", "1e-3", "--bs", "32"]
 EPOCHS = 20
 PAIRS = 5_000
-# HF's batches: random (its default), or grouped by length as the generated project's are
-# (``--sides ... hf_trainer_grouped``; not by default: these number phrases are all about as
-# long, so grouping saves no time, and on this data it learns less, on both sides).
-STRATEGIES = {"hf_trainer": "random", "hf_trainer_grouped": "group_by_length"}
 SIDES = ("generated", "hf_trainer")
 
 
@@ -100,11 +97,11 @@ def scores(hypotheses: list[str], references: list[str]) -> dict:
             "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score}
 
 
-def hf_trainer(data_dir: Path, model_dir: str, seed: int, epochs: int, settings: dict,
-               strategy: str = "random") -> dict:
+def hf_trainer(data_dir: Path, model_dir: str, seed: int, epochs: int, settings: dict) -> dict:
     """HF's Seq2SeqTrainer on the project's split: test BLEU and chrF, train + validation
     seconds. ``settings``: bs, lr, warmup_ratio, weight_decay, betas, eps, clip_grad,
-    label_smoothing, max_length, num_beams, max_new_tokens (the project's values)."""
+    label_smoothing, max_length, group_by_length, num_beams, max_new_tokens (the project's
+    values)."""
     import numpy as np
     import torch
     from transformers import (
@@ -159,7 +156,9 @@ def hf_trainer(data_dir: Path, model_dir: str, seed: int, epochs: int, settings:
                 label_smoothing_factor=settings["label_smoothing"],
                 eval_strategy="epoch", prediction_loss_only=True, save_strategy="no",
                 logging_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-                train_sampling_strategy=strategy, disable_tqdm=True, predict_with_generate=True,
+                train_sampling_strategy=("group_by_length" if settings["group_by_length"]
+                                         else "random"),
+                disable_tqdm=True, predict_with_generate=True,
                 generation_num_beams=settings["num_beams"]),
             train_dataset=train, eval_dataset=valid, processing_class=tokenizer,
             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), callbacks=[EpochClock()])
@@ -213,6 +212,7 @@ def hf_settings(defaults) -> dict:
             "weight_decay": defaults.weight_decay, "betas": list(defaults.betas),
             "eps": defaults.eps, "clip_grad": defaults.clip_grad,
             "label_smoothing": defaults.label_smoothing, "max_length": defaults.max_length,
+            "group_by_length": defaults.group_by_length,
             "num_beams": defaults.num_beams, "max_new_tokens": defaults.max_new_tokens}
 
 
@@ -229,23 +229,6 @@ def tiny_model(project: Path, package: str, csv_file: Path, out: Path | None = N
     return str(model_dir)
 
 
-def scaled_embeddings(model_dir: str) -> str:
-    """A copy of ``model_dir`` (beside it, made once) whose config multiplies the token
-    embeddings by sqrt(d_model) (``scale_embedding``, as every opus-mt MarianMT has). Left
-    out, a random MarianMT's token embeddings (std 0.02) start 30 times smaller than its
-    sinusoidal positions, and the model learns French that ignores the English for epochs."""
-    out = Path(f"{model_dir}-scaled")
-    if not out.is_dir():
-        tmp = Path(f"{model_dir}-scaled.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(model_dir, tmp)
-        config = json.loads((tmp / "config.json").read_text())
-        config["scale_embedding"] = True
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        tmp.rename(out)
-    return str(out)
-
-
 def compare(project: Path, package: str, csv_file: Path, model_dir: str, seeds: list[int],
             epochs: int = EPOCHS, sides=SIDES, extra: list[str] = SETTINGS, log=print) -> dict:
     """Every side on every seed's split; per side the runs and their means, and each HF
@@ -260,8 +243,7 @@ def compare(project: Path, package: str, csv_file: Path, model_dir: str, seeds: 
             else:
                 out = run(sys.executable, __file__, "hf", "--data_dir", data_dir,
                           "--model", model_dir, "--seed", seed, "--epochs", epochs,
-                          "--settings", json.dumps(settings), "--strategy", STRATEGIES[side],
-                          cwd=project)
+                          "--settings", json.dumps(settings), cwd=project)
                 result = json.loads(out.strip().splitlines()[-1])
             result["epoch_s"] = result["seconds"] / result["epochs_run"]
             # Robust to a few epochs slowed by something else on the machine.
@@ -287,8 +269,7 @@ def compare(project: Path, package: str, csv_file: Path, model_dir: str, seeds: 
 def table(summary: dict) -> str:
     """A markdown table: per seed and the means, each side's test BLEU, chrF and epoch
     seconds, and each HF side's epoch seconds over the generated project's."""
-    names = {"generated": "generated", "hf_trainer": "HF Seq2SeqTrainer",
-             "hf_trainer_grouped": "HF, group_by_length"}
+    names = {"generated": "generated", "hf_trainer": "HF Seq2SeqTrainer"}
     sides = [side for side in names if side in summary]
     lines = ["| seed | side | test BLEU | test chrF | epoch s | HF epoch s / generated |",
              "|---|---|---|---|---|---|"]
@@ -313,20 +294,16 @@ def main():
     hf.add_argument("--epochs", type=int, default=1)
     hf.add_argument("--settings", type=json.loads, required=True,
                     help="JSON: the project's values (see hf_settings)")
-    hf.add_argument("--strategy", default="random", choices=sorted(set(STRATEGIES.values())))
     cmp = commands.add_parser("compare", help="generated project vs Seq2SeqTrainer, per seed")
     cmp.add_argument("--pairs", type=int, default=PAIRS,
                      help="number pairs in the data (default: %(default)s)")
     cmp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     cmp.add_argument("--epochs", type=int, default=EPOCHS)
-    cmp.add_argument("--sides", nargs="+", choices=["generated", *STRATEGIES],
+    cmp.add_argument("--sides", nargs="+", choices=SIDES,
                      default=list(SIDES), help="who trains (default: %(default)s)")
     cmp.add_argument("--project", type=Path, help="an already rendered translation project")
     cmp.add_argument("--model", help="a model folder to start from (default: the project's "
                      "tiny MarianMT, made once in the project)")
-    cmp.add_argument("--scale_embedding", action="store_true",
-                     help="start both sides from a copy of the model with scale_embedding "
-                     "set in its config (see scaled_embeddings)")
     cmp.add_argument("--json", type=Path, help="write the summary here")
     cmp.add_argument("extra", nargs="*", help=f"main.py flags, after -- (default: "
                      f"{' '.join(SETTINGS)})")
@@ -334,7 +311,7 @@ def main():
 
     if args.command == "hf":
         print(json.dumps(hf_trainer(args.data_dir, args.model, args.seed, args.epochs,
-                                    args.settings, args.strategy)))
+                                    args.settings)))
         return
     work = None
     project = args.project
@@ -350,8 +327,6 @@ def main():
         package = next(p.parent.name for p in project.glob("*/data.py"))
         csv_file = numbers_csv(args.pairs)
         model_dir = args.model or tiny_model(project, package, csv_file)
-        if args.scale_embedding:
-            model_dir = scaled_embeddings(model_dir)
         summary = compare(project, package, csv_file, model_dir, args.seeds, args.epochs,
                           args.sides, args.extra or SETTINGS,
                           log=lambda m: print(m, file=sys.stderr))
