@@ -234,10 +234,13 @@ def compare(project: Path, package: str, csv_file: Path, model_dir: str, seeds: 
     """Every side on every seed's split; per side the runs and their means, and each HF
     side's epoch time over the generated one's (of the means)."""
     settings = hf_settings(project_defaults(project, package, ["--model", model_dir, *extra]))
+    sides = list(sides)
     runs = {side: [] for side in sides}
-    for seed in seeds:
+    for index, seed in enumerate(seeds):
         data_dir = split_data(project, package, csv_file, seed)
-        for side in sides:
+        # Which side goes first alternates from seed to seed: this machine's speed drifts by
+        # a fifth or more over minutes, and the side always run first would take the drift.
+        for side in sides if index % 2 == 0 else sides[::-1]:
             if side == "generated":
                 result = generated(project, package, data_dir, model_dir, seed, epochs, extra)
             else:
