@@ -40,6 +40,7 @@ already measured; a time ratio needs both sides in one invocation);
 """
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -310,6 +311,23 @@ def generated(project: Path, package: str, data_dir: Path, model_dir: str, seed:
               for name in label_names(data_dir)}
     return {"seconds": sum(epoch_seconds), "epochs_run": len(epoch_seconds), "wall_s": wall,
             "accuracy": accuracy, "macro_f1": macro_f1, **recall_summary(recall)}
+
+
+@contextlib.contextmanager
+def rendered_project(kind: str, name: str, project: Path | None = None):
+    """``project`` as it is, or else this checkout's template (HEAD with the working tree's
+    changes, every answer at its default) rendered as ``name`` into a temporary folder that
+    is removed on exit."""
+    if project is not None:
+        yield project
+        return
+    import copier
+
+    with tempfile.TemporaryDirectory(prefix=f"quikgen-{name}-") as work:
+        project = Path(work) / name
+        copier.run_copy(str(Path(__file__).resolve().parent.parent), project, vcs_ref="HEAD",
+                        data={"project_name": name, "kind": kind}, defaults=True, quiet=True)
+        yield project
 
 
 def project_defaults(project: Path, package: str, extra: list[str] = ()):
@@ -638,41 +656,32 @@ def main():
     if args.command == "mix":
         print(json.dumps(batch_mix(args.package, args.argv, args.epochs, args.threshold)))
         return
-    work = None
-    project = args.project
-    if project is None:
-        import copier
-
-        work = Path(tempfile.mkdtemp(prefix="quikgen-text-"))
-        project = work / "textbench"
-        copier.run_copy(str(Path(__file__).resolve().parent.parent), project, vcs_ref="HEAD",
-                        data={"project_name": "textbench", "kind": "bert"}, defaults=True,
-                        quiet=True)
-    package = next(p.parent.name for p in project.glob("*/data.py"))
-    if args.command == "panel":
-        report = panel(project, package, args.model, args.sets, args.seeds, args.epochs,
-                       list(args.extra), args.rows, args.balanced_rows, not args.mix_only,
-                       args.mix_epochs, args.threshold, args.sides,
-                       log=lambda m: print(m, file=sys.stderr))
-        print(panel_table(report))
+    with rendered_project("bert", "textbench", args.project) as project:
+        package = next(p.parent.name for p in project.glob("*/data.py"))
+        if args.command == "panel":
+            report = panel(project, package, args.model, args.sets, args.seeds, args.epochs,
+                           list(args.extra), args.rows, args.balanced_rows, not args.mix_only,
+                           args.mix_epochs, args.threshold, args.sides,
+                           log=lambda m: print(m, file=sys.stderr))
+            print(panel_table(report))
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=2) + "\n")
+            return
+        csv_file = reviews_csv() if args.data == "reviews" else None
+        extra = list(args.extra)
+        if args.model == "minilm":
+            model_dir = str(minilm_dir())
+        else:
+            model_dir = tiny_model(project, package, csv_file, args.rows,
+                                   out=project / "models" / "tiny-bert")
+            if not any(flag in ("--lr", "-lr", "--learning_rate") for flag in extra):
+                extra += ["--lr", "1e-3"]  # a random tiny BERT needs more than 5e-5
+        summary = compare(project, package, csv_file, model_dir, args.seeds, args.epochs,
+                          args.sides, extra, args.rows, log=lambda m: print(m, file=sys.stderr))
+        text = json.dumps(summary, indent=2)
+        print(text)
         if args.json:
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
-        return
-    csv_file = reviews_csv() if args.data == "reviews" else None
-    extra = list(args.extra)
-    if args.model == "minilm":
-        model_dir = str(minilm_dir())
-    else:
-        model_dir = tiny_model(project, package, csv_file, args.rows,
-                               out=project / "models" / "tiny-bert")
-        if not any(flag in ("--lr", "-lr", "--learning_rate") for flag in extra):
-            extra += ["--lr", "1e-3"]  # a random tiny BERT needs more than 5e-5
-    summary = compare(project, package, csv_file, model_dir, args.seeds, args.epochs,
-                      args.sides, extra, args.rows, log=lambda m: print(m, file=sys.stderr))
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+            args.json.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,11 @@ validation loss, HF its last (with no checkpoints there is no best to go back to
 loss weighs each pair's tokens over the split's mean target length, HF's over the batch's
 tokens.
 
+A third side, the bare loop, trains the same model on the same split with the training
+arithmetic alone (forward, backward, clipping, fused AdamW; the validation loss), its batches
+padded before the clock starts: HF's epoch time over the bare loop's is the most that any
+loop doing this arithmetic could gain over HF's Trainer.
+
 Epoch time: train + validation seconds per epoch, test translation excluded: the mean over
 the epochs (as text.py times HF's Trainer), and the median (robust to a few epochs slowed by
 something else on the machine). The generated side's epochs come from its own EpochTimer,
@@ -45,14 +50,13 @@ import csv
 import itertools
 import json
 import random
-import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from text import CACHE, project_defaults, run, split_data
+from text import CACHE, project_defaults, rendered_project, run, split_data
 
 # A random tiny MarianMT needs more than the project's 5e-5. At 1e-3, batches of 32 and 20
 # epochs of 4,000 pairs (about 3 seconds an epoch on 2 CPU cores), both sides reach BLEU near
@@ -60,7 +64,7 @@ from text import CACHE, project_defaults, run, split_data
 SETTINGS = ["--lr", "1e-3", "--bs", "32"]
 EPOCHS = 20
 PAIRS = 5_000
-SIDES = ("generated", "hf_trainer")
+SIDES = ("generated", "hf_trainer", "bare_loop")
 
 
 def numbers_csv(pairs: int = PAIRS, seed: int = 0, high: int = 999_999,
@@ -183,6 +187,70 @@ def hf_trainer(data_dir: Path, model_dir: str, seed: int, epochs: int, settings:
             **scores(hypotheses, references), "examples": hypotheses[:3]}
 
 
+def bare_loop(data_dir: Path, model_dir: str, seed: int, epochs: int, settings: dict) -> dict:
+    """The arithmetic that both trainers share, and nothing else: each epoch, forward,
+    backward, clipping and a fused AdamW step on random batches of the train rows padded to
+    their longest pair, then the loss of the validation rows; every batch tokenized and
+    padded before the clock starts, no schedule, no logging, no checkpoint, no translation.
+    Its epoch seconds are what any loop needs to train this model on these rows, so HF's
+    epoch over them bounds how much faster than HF's Trainer a loop can be."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, logging
+
+    logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+    pad, start_id = tokenizer.pad_token_id, model.config.decoder_start_token_id
+
+    def encoded(name):
+        sources, targets = read_split(data_dir, name)
+        return tokenizer(sources, text_target=targets, truncation=True,
+                         max_length=settings["max_length"])
+
+    def batches(rows, order):
+        for first in range(0, len(order), settings["bs"]):
+            ids = [rows["input_ids"][i] for i in order[first:first + settings["bs"]]]
+            labels = [rows["labels"][i] for i in order[first:first + settings["bs"]]]
+            source = torch.nn.utils.rnn.pad_sequence(
+                [torch.tensor(row) for row in ids], batch_first=True, padding_value=pad)
+            target = torch.nn.utils.rnn.pad_sequence(
+                [torch.tensor(row) for row in labels], batch_first=True, padding_value=-100)
+            decoder_input = torch.cat([torch.full_like(target[:, :1], start_id),
+                                       target[:, :-1].masked_fill(target[:, :-1] < 0, pad)], 1)
+            yield source, source != pad, decoder_input, target
+
+    def loss(source, mask, decoder_input, target):
+        logits = model(input_ids=source, attention_mask=mask,
+                       decoder_input_ids=decoder_input).logits
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+
+    train, valid = encoded("train"), encoded("valid")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"],
+                                  betas=settings["betas"], eps=settings["eps"],
+                                  weight_decay=settings["weight_decay"], fused=True)
+    valid_batches = list(batches(valid, range(len(valid["input_ids"]))))
+    epoch_seconds = []
+    for epoch in range(epochs):
+        order = torch.randperm(len(train["input_ids"]),
+                               generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        train_batches = list(batches(train, order))
+        start = time.perf_counter()
+        model.train()
+        for batch in train_batches:
+            loss(*batch).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings["clip_grad"])
+            optimizer.step()
+            optimizer.zero_grad()
+        model.eval()
+        with torch.no_grad():
+            for batch in valid_batches:
+                loss(*batch)
+        epoch_seconds.append(time.perf_counter() - start)
+    return {"seconds": sum(epoch_seconds), "epochs_run": epochs, "epoch_seconds": epoch_seconds}
+
+
 def generated(project: Path, package: str, data_dir: Path, model_dir: str, seed: int,
               epochs: int, extra: list[str] = ()) -> dict:
     """``python main.py``: test BLEU and chrF from its metrics table, and the train +
@@ -244,9 +312,9 @@ def compare(project: Path, package: str, csv_file: Path, model_dir: str, seeds: 
             if side == "generated":
                 result = generated(project, package, data_dir, model_dir, seed, epochs, extra)
             else:
-                out = run(sys.executable, __file__, "hf", "--data_dir", data_dir,
-                          "--model", model_dir, "--seed", seed, "--epochs", epochs,
-                          "--settings", json.dumps(settings), cwd=project)
+                out = run(sys.executable, __file__, {"hf_trainer": "hf", "bare_loop": "bare"}[side],
+                          "--data_dir", data_dir, "--model", model_dir, "--seed", seed,
+                          "--epochs", epochs, "--settings", json.dumps(settings), cwd=project)
                 result = json.loads(out.strip().splitlines()[-1])
             result["epoch_s"] = result["seconds"] / result["epochs_run"]
             # Robust to a few epochs slowed by something else on the machine.
@@ -259,44 +327,55 @@ def compare(project: Path, package: str, csv_file: Path, model_dir: str, seeds: 
                "pairs_csv": str(csv_file), "model_dir": model_dir}
     for side, results in runs.items():
         summary[side] = {key: statistics.mean(r[key] for r in results)
-                         for key in ("bleu", "chrf", "epoch_s", "median_epoch_s")}
+                         for key in ("bleu", "chrf", "epoch_s", "median_epoch_s")
+                         if key in results[0]}
         summary[side]["runs"] = results
-    for side in [side for side in runs if side != "generated" and "generated" in runs]:
-        for key in ("epoch_s", "median_epoch_s"):
-            summary[f"{side}_over_generated_{key}"] = (summary[side][key]
-                                                       / summary["generated"][key])
-        summary[f"bleu_minus_{side}"] = summary["generated"]["bleu"] - summary[side]["bleu"]
+    if "hf_trainer" in runs:
+        # HF's epoch over each other side's: over the bare loop's, the most any loop can get.
+        for side in [side for side in runs if side != "hf_trainer"]:
+            for key in ("epoch_s", "median_epoch_s"):
+                summary[f"hf_trainer_over_{side}_{key}"] = (summary["hf_trainer"][key]
+                                                            / summary[side][key])
+        if "generated" in runs:
+            summary["bleu_minus_hf_trainer"] = (summary["generated"]["bleu"]
+                                                - summary["hf_trainer"]["bleu"])
     return summary
 
 
 def table(summary: dict) -> str:
     """A markdown table: per seed and the means, each side's test BLEU, chrF and epoch
-    seconds, and each HF side's epoch seconds over the generated project's."""
-    names = {"generated": "generated", "hf_trainer": "HF Seq2SeqTrainer"}
+    seconds, and HF's epoch seconds over each other side's."""
+    names = {"generated": "generated", "hf_trainer": "HF Seq2SeqTrainer",
+             "bare_loop": "bare loop (arithmetic only)"}
     sides = [side for side in names if side in summary]
-    lines = ["| seed | side | test BLEU | test chrF | epoch s | HF epoch s / generated |",
+    lines = ["| seed | side | test BLEU | test chrF | epoch s | HF epoch s / this side's |",
              "|---|---|---|---|---|---|"]
     for index, seed in [*enumerate(summary["seeds"]), (None, "mean")]:
         results = {side: summary[side] if index is None else summary[side]["runs"][index]
                    for side in sides}
         for side, result in results.items():
-            ratio = ("" if side == "generated" or "generated" not in results
-                     else f"{result['epoch_s'] / results['generated']['epoch_s']:.2f}")
-            lines.append(f"| {seed} | {names[side]} | {result['bleu']:.2f} | {result['chrf']:.2f} "
-                         f"| {result['epoch_s']:.2f} | {ratio} |")
+            ratio = ("" if side == "hf_trainer" or "hf_trainer" not in results
+                     else f"{results['hf_trainer']['epoch_s'] / result['epoch_s']:.2f}")
+            bleu, chrf = (f"{result[key]:.2f}" if key in result else "" for key in ("bleu", "chrf"))
+            lines.append(f"| {seed} | {names[side]} | {bleu} | {chrf} | {result['epoch_s']:.2f} "
+                         f"| {ratio} |")
     return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    hf = commands.add_parser("hf", help="one Seq2SeqTrainer run on a prepared split (prints JSON)")
-    hf.add_argument("--data_dir", type=Path, required=True)
-    hf.add_argument("--model", required=True)
-    hf.add_argument("--seed", type=int, default=0)
-    hf.add_argument("--epochs", type=int, default=1)
-    hf.add_argument("--settings", type=json.loads, required=True,
-                    help="JSON: the project's values (see hf_settings)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data_dir", type=Path, required=True)
+    common.add_argument("--model", required=True)
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--epochs", type=int, default=1)
+    common.add_argument("--settings", type=json.loads, required=True,
+                        help="JSON: the project's values (see hf_settings)")
+    commands.add_parser("hf", parents=[common],
+                        help="one Seq2SeqTrainer run on a prepared split (prints JSON)")
+    commands.add_parser("bare", parents=[common],
+                        help="the training arithmetic alone on a prepared split (prints JSON)")
     cmp = commands.add_parser("compare", help="generated project vs Seq2SeqTrainer, per seed")
     cmp.add_argument("--pairs", type=int, default=PAIRS,
                      help="number pairs in the data (default: %(default)s)")
@@ -312,30 +391,17 @@ def main():
                      f"{' '.join(SETTINGS)})")
     args = parser.parse_args()
 
-    if args.command == "hf":
-        print(json.dumps(hf_trainer(args.data_dir, args.model, args.seed, args.epochs,
-                                    args.settings)))
+    if args.command in ("hf", "bare"):
+        side = hf_trainer if args.command == "hf" else bare_loop
+        print(json.dumps(side(args.data_dir, args.model, args.seed, args.epochs, args.settings)))
         return
-    work = None
-    project = args.project
-    if project is None:
-        import copier
-
-        work = Path(tempfile.mkdtemp(prefix="quikgen-translation-"))
-        project = work / "translationbench"
-        copier.run_copy(str(Path(__file__).resolve().parent.parent), project, vcs_ref="HEAD",
-                        data={"project_name": "translationbench", "kind": "translation"},
-                        defaults=True, quiet=True)
-    try:
+    with rendered_project("translation", "translationbench", args.project) as project:
         package = next(p.parent.name for p in project.glob("*/data.py"))
         csv_file = numbers_csv(args.pairs)
         model_dir = args.model or tiny_model(project, package, csv_file)
         summary = compare(project, package, csv_file, model_dir, args.seeds, args.epochs,
                           args.sides, args.extra or SETTINGS,
                           log=lambda m: print(m, file=sys.stderr))
-    finally:
-        if work:
-            shutil.rmtree(work, ignore_errors=True)
     print(table(summary), file=sys.stderr)
     text = json.dumps(summary, indent=2)
     print(text)

@@ -142,10 +142,10 @@ def sources_137(project):
 
 def translated_here(build, sources):
     """Each source translated on its own (no padding to differ from the server's
-    batches), by the project's hf.translate with the build's settings."""
+    batches), by the project's hf.translate_with_scores with the build's settings."""
     sys.path.insert(0, str(build.parent.parent))
     try:
-        translate = __import__(f"{PACKAGE}.hf", fromlist=["translate"]).translate
+        translate = __import__(f"{PACKAGE}.hf", fromlist=["hf"]).translate_with_scores
     finally:
         sys.path.pop(0)
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
