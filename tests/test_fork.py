@@ -166,7 +166,7 @@ def test_a_project_from_the_previous_release_updates_across_the_layout_change(tm
 
     result = quikgen("update", str(project))
     assert result.exit_code == 0, result.output
-    assert answers(project)["_commit"] == f"v{__version__}" == "v0.7.0"
+    assert answers(project)["_commit"] == f"v{__version__}" == "v0.7.1"
     assert (project / "main.py").read_text().endswith(USER_LINE)
     assert git(project, "diff", "--name-only", "--diff-filter=U") == ""
     marked = run("git", "grep", "--untracked", "-l", "-e", "^<<<<<<< ", "-e", "^>>>>>>> ",
