@@ -3,10 +3,13 @@
     python bench/run.py --only translation [--quick]     # seeds 0 1 2 (0 with --quick)
     python bench/translation.py compare --seeds 0 1 2 --json translation.json
     python bench/translation.py compare --seeds 0 -- --lr 1e-3 --bs 32 --group_by_length
+    python bench/translation.py compare --lang de         # German: a number is one long word
+    python bench/translation.py compare --spread digits   # short and long phrases mixed
     python bench/translation.py compare --pairs 600 --epochs 1 --seeds 0   # a smoke test
 
-Data: English number phrases and their French, from ``num2words``: ``--pairs`` distinct
-integers drawn (seeded) from 0 to 999,999, one row each (``numbers_csv``), written once to
+Data: English number phrases and their French (or ``--lang``'s), from ``num2words``:
+``--pairs`` distinct integers drawn (seeded) from 0 to 999,999 (or, with ``--spread digits``,
+each one's digit count drawn first), one row each (``numbers_csv``), written once to
 ~/.cache/quikgen-bench, outside the repository. No network. Every number is one row, so the
 project's random split puts it in exactly one of train, valid and test: the test numbers are
 never seen in training (their words are, in other numbers).
@@ -67,22 +70,33 @@ PAIRS = 5_000
 SIDES = ("generated", "hf_trainer", "bare_loop")
 
 
-def numbers_csv(pairs: int = PAIRS, seed: int = 0, high: int = 999_999,
+def numbers_csv(pairs: int = PAIRS, seed: int = 0, lang: str = "fr", spread: str = "uniform",
                 cache: Path = CACHE) -> Path:
-    """``pairs`` distinct integers from 0 to ``high``, drawn with ``seed``, as a source,target
-    CSV of their English and French words (``num2words``); written once."""
-    out = cache / f"numbers_en_fr_{pairs}_{seed}.csv"
+    """``pairs`` distinct integers below a million, drawn with ``seed``, as a source,target
+    CSV of their words in English and in ``lang`` (``num2words``); written once. ``spread``:
+    "uniform" draws from 0 to 999,999, so nearly every number has six digits and the phrases
+    are of similar length; "digits" draws each number's digit count (1 to 6) first, so short
+    and long phrases mix (small numbers run out: there are only 10 of one digit)."""
+    out = cache / f"numbers_en_{lang}_{pairs}_{seed}{'' if spread == 'uniform' else '_' + spread}.csv"
     if out.is_file():
         return out
     from num2words import num2words
 
-    numbers = random.Random(seed).sample(range(high + 1), pairs)
+    draw = random.Random(seed)
+    if spread == "uniform":
+        numbers = draw.sample(range(1_000_000), pairs)
+    else:
+        chosen = set()
+        while len(chosen) < pairs:
+            digits = draw.randint(1, 6)
+            chosen.add(draw.randrange(10 ** (digits - 1) if digits > 1 else 0, 10**digits))
+        numbers = draw.sample(sorted(chosen), pairs)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(["source", "target"])
-        writer.writerows((num2words(n, lang="en"), num2words(n, lang="fr")) for n in numbers)
+        writer.writerows((num2words(n, lang="en"), num2words(n, lang=lang)) for n in numbers)
     tmp.rename(out)
     return out
 
@@ -379,6 +393,12 @@ def main():
     cmp = commands.add_parser("compare", help="generated project vs Seq2SeqTrainer, per seed")
     cmp.add_argument("--pairs", type=int, default=PAIRS,
                      help="number pairs in the data (default: %(default)s)")
+    cmp.add_argument("--spread", choices=("uniform", "digits"), default="uniform",
+                     help="uniform: numbers from 0 to 999,999 (phrases of similar length); "
+                     "digits: each number's digit count drawn first (short and long phrases)")
+    cmp.add_argument("--lang", default="fr",
+                     help="the target language, as num2words names it: fr, de, es, ... "
+                     "(default: %(default)s)")
     cmp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     cmp.add_argument("--epochs", type=int, default=EPOCHS)
     cmp.add_argument("--sides", nargs="+", choices=SIDES,
@@ -397,7 +417,7 @@ def main():
         return
     with rendered_project("translation", "translationbench", args.project) as project:
         package = next(p.parent.name for p in project.glob("*/data.py"))
-        csv_file = numbers_csv(args.pairs)
+        csv_file = numbers_csv(args.pairs, lang=args.lang, spread=args.spread)
         model_dir = args.model or tiny_model(project, package, csv_file)
         summary = compare(project, package, csv_file, model_dir, args.seeds, args.epochs,
                           args.sides, args.extra or SETTINGS,
