@@ -225,8 +225,8 @@ def bare_loop(data_dir: Path, model_dir: str, seed: int, epochs: int, settings: 
 
     def batches(rows, order):
         for first in range(0, len(order), settings["bs"]):
-            ids = [rows["input_ids"][i] for i in order[first:first + settings["bs"]]]
-            labels = [rows["labels"][i] for i in order[first:first + settings["bs"]]]
+            chosen = order[first:first + settings["bs"]]
+            ids, labels = ([rows[key][i] for i in chosen] for key in ("input_ids", "labels"))
             source = torch.nn.utils.rnn.pad_sequence(
                 [torch.tensor(row) for row in ids], batch_first=True, padding_value=pad)
             target = torch.nn.utils.rnn.pad_sequence(
@@ -313,8 +313,8 @@ def tiny_model(project: Path, package: str, csv_file: Path, out: Path | None = N
 
 def compare(project: Path, package: str, csv_file: Path, model_dir: str, seeds: list[int],
             epochs: int = EPOCHS, sides=SIDES, extra: list[str] = SETTINGS, log=print) -> dict:
-    """Every side on every seed's split; per side the runs and their means, and each HF
-    side's epoch time over the generated one's (of the means)."""
+    """Every side on every seed's split; per side the runs and their means, and HF's epoch
+    time over each other side's (of the means)."""
     settings = hf_settings(project_defaults(project, package, ["--model", model_dir, *extra]))
     sides = list(sides)
     runs = {side: [] for side in sides}

@@ -145,7 +145,7 @@ def translated_here(build, sources):
     batches), by the project's hf.translate_with_scores with the build's settings."""
     sys.path.insert(0, str(build.parent.parent))
     try:
-        translate = __import__(f"{PACKAGE}.hf", fromlist=["hf"]).translate_with_scores
+        translate = __import__(f"{PACKAGE}.hf", fromlist=["translate_with_scores"]).translate_with_scores
     finally:
         sys.path.pop(0)
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
